@@ -1,0 +1,24 @@
+//! Cabinet's engine, shared by the commune node (`cabinet-node`) and the relay
+//! (`cabinet-relay`).
+//!
+//! A map of the modules, in the order data flows through them:
+//!
+//! - [`units`]: the national list of communes and provinces, and the relay tree built on
+//!   it (commune → cluster → province → nation).
+//! - [`model`]: records (documents, annotations) as automerge documents with typed access.
+//! - [`store`]: durable SQLite storage with sequence numbers, cursors, per-peer sync
+//!   states and a bounded document cache.
+//! - [`policy`]: who may hold, receive and write which record; the roster of peers.
+//! - [`protocol`]: the sync protocol as a sans-IO state machine.
+//! - [`net`]: iroh endpoints and the tasks that run protocol sessions over QUIC.
+//! - [`import`]: reading official documents from Markdown or text files.
+//! - [`identity`]: the node key kept in the data directory.
+
+pub mod identity;
+pub mod import;
+pub mod model;
+pub mod net;
+pub mod policy;
+pub mod protocol;
+pub mod store;
+pub mod units;

@@ -1,0 +1,744 @@
+//! The records Cabinet stores, as automerge documents with typed access.
+//!
+//! Every record is one automerge document whose root holds a `header` map (`kind`, `unit`,
+//! `audience`, `created_by`, `created_at`) and a body that depends on the kind. Anything
+//! with a different audience is a separate automerge document, because a document syncs
+//! as a whole: a private note never lives inside a shared document.
+//!
+//! Layout of a `document` (văn bản, Decree 30/2020/NĐ-CP art. 8 and Appendix I):
+//! the header fields of the decree as scalar strings at the root (`type`, `number`,
+//! `notation`, `issuer`, `place`, `issued_date`, `subject`, …), `recipients` as a list,
+//! `body` as automerge Text, and `deleted` (a map with `by` and `at`) once tombstoned.
+//!
+//! Layout of an `annotation`: `target` (document id), `anchor` (`start` and `end`
+//! automerge cursors into the target's body, as strings), `text`, `author`,
+//! `visibility`, `shared_with`, `resolved`.
+//!
+//! All access goes through this module; nothing else reads raw paths.
+
+use std::fmt;
+
+use automerge::transaction::{Transactable, Transaction};
+use automerge::{ActorId, Automerge, ChangeHash, Cursor, ObjId, ObjType, ROOT, ReadDoc, Value};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+/// Editable scalar fields of a document, by their JSON (and automerge) key.
+///
+/// Decree 30/2020/NĐ-CP art. 8: type (tên loại), number (số), notation (ký hiệu), issuing
+/// organisation (tên cơ quan ban hành), place and date (địa danh, ngày tháng năm), subject
+/// (trích yếu), signer (quyền hạn, chức vụ, họ tên người ký), urgency (mức độ khẩn),
+/// secrecy (độ mật), circulation (phạm vi lưu hành); plus the lifecycle state.
+pub const DOCUMENT_FIELDS: &[&str] = &[
+    "type",
+    "number",
+    "notation",
+    "issuer",
+    "parent_body",
+    "place",
+    "issued_date",
+    "subject",
+    "signer",
+    "urgency",
+    "secrecy",
+    "circulation",
+    "drafter",
+    "due_date",
+    "state",
+];
+
+/// The lifecycle state of a document that nobody has moved yet.
+pub const INITIAL_STATE: &str = "draft";
+
+/// A record id: a UUID in its hyphenated lower-case form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DocId(String);
+
+impl DocId {
+    /// A fresh id, time-ordered so that new records cluster in the store's index.
+    pub fn new() -> DocId {
+        DocId(uuid::Uuid::now_v7().hyphenated().to_string())
+    }
+
+    /// Accepts only the canonical hyphenated form, so one record has exactly one id.
+    pub fn parse(s: &str) -> Result<DocId, ModelError> {
+        match uuid::Uuid::try_parse(s) {
+            Ok(u) if u.hyphenated().to_string() == s => Ok(DocId(s.to_string())),
+            _ => Err(ModelError::BadId(s.chars().take(80).collect())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for DocId {
+    fn default() -> Self {
+        DocId::new()
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// An official document (văn bản), outgoing or incoming.
+    Document,
+    /// A note anchored to a range of a document's body.
+    Annotation,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Document => "document",
+            Kind::Annotation => "annotation",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "document" => Some(Kind::Document),
+            "annotation" => Some(Kind::Annotation),
+            _ => None,
+        }
+    }
+}
+
+/// The typed header every record carries; the policy decides on it alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    /// The unit that owns the record (where it was created).
+    pub unit: String,
+    /// Unit codes that may see the record; always includes `unit`.
+    pub audience: Vec<String>,
+    pub created_by: String,
+    pub created_at: String,
+    /// A secret document (độ mật) or a private annotation: it never leaves its unit.
+    pub confidential: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    #[error(
+        "{0:?} is not a record id (expected a UUID such as 0190f5c2-8a1b-7c3d-9e4f-001122334455)"
+    )]
+    BadId(String),
+    #[error("the record has no valid header: {0}")]
+    BadHeader(&'static str),
+    #[error("the record is a {found}, not a {expected}")]
+    WrongKind {
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error(
+        "body_splice is out of range: the body has {len} characters, the splice asks for \
+         position {pos} and {delete} deletions"
+    )]
+    SpliceOutOfRange {
+        len: usize,
+        pos: usize,
+        delete: usize,
+    },
+    #[error("anchor {start}..{end} is not inside the body, which has {len} characters")]
+    AnchorOutOfRange {
+        start: usize,
+        end: usize,
+        len: usize,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+}
+
+/// `body_splice` of a PATCH: positions in Unicode scalar values.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BodySplice {
+    pub pos: usize,
+    #[serde(default)]
+    pub delete: usize,
+    #[serde(default)]
+    pub insert: String,
+}
+
+/// The editable part of a document, as received from a clerk or an import.
+///
+/// Every field is optional: on creation a missing field stays unset, on PATCH it stays
+/// as it is.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentPatch {
+    #[serde(rename = "type")]
+    pub doc_type: Option<String>,
+    pub number: Option<String>,
+    pub notation: Option<String>,
+    pub issuer: Option<String>,
+    pub parent_body: Option<String>,
+    pub place: Option<String>,
+    pub issued_date: Option<String>,
+    pub subject: Option<String>,
+    pub signer: Option<String>,
+    pub urgency: Option<String>,
+    pub secrecy: Option<String>,
+    pub circulation: Option<String>,
+    pub drafter: Option<String>,
+    pub due_date: Option<String>,
+    pub state: Option<String>,
+    pub recipients: Option<Vec<String>>,
+    pub audience: Option<Vec<String>>,
+    /// A whole new body, applied as the minimal text edit from the current one.
+    pub body: Option<String>,
+    pub body_splice: Option<BodySplice>,
+}
+
+impl DocumentPatch {
+    fn scalar_fields(&self) -> [(&'static str, Option<&str>); 15] {
+        [
+            ("type", self.doc_type.as_deref()),
+            ("number", self.number.as_deref()),
+            ("notation", self.notation.as_deref()),
+            ("issuer", self.issuer.as_deref()),
+            ("parent_body", self.parent_body.as_deref()),
+            ("place", self.place.as_deref()),
+            ("issued_date", self.issued_date.as_deref()),
+            ("subject", self.subject.as_deref()),
+            ("signer", self.signer.as_deref()),
+            ("urgency", self.urgency.as_deref()),
+            ("secrecy", self.secrecy.as_deref()),
+            ("circulation", self.circulation.as_deref()),
+            ("drafter", self.drafter.as_deref()),
+            ("due_date", self.due_date.as_deref()),
+            ("state", self.state.as_deref()),
+        ]
+    }
+}
+
+/// Who may read an annotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Only the author's unit; it never leaves the unit's nodes.
+    Private,
+    /// The people named in `shared_with`.
+    Shared,
+    /// Everyone in the target document's audience.
+    Audience,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Private => "private",
+            Visibility::Shared => "shared",
+            Visibility::Audience => "audience",
+        }
+    }
+}
+
+/// A range of a body in Unicode scalar values, `start <= end`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Anchor {
+    pub start: usize,
+    pub end: usize,
+}
+
+/// A new annotation as the API receives it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAnnotation {
+    pub text: String,
+    pub anchor: Option<Anchor>,
+    pub visibility: Visibility,
+    #[serde(default)]
+    pub shared_with: Vec<String>,
+    pub author: Option<String>,
+}
+
+/// The current time in Vietnam's time zone, ISO 8601 (`2026-12-03T19:21:59+07:00`).
+pub fn now_vietnam() -> String {
+    let offset = chrono::FixedOffset::east_opt(7 * 3600).expect("+07:00 is a valid offset");
+    chrono::Utc::now()
+        .with_timezone(&offset)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
+/// A fresh actor id for one process: every process that writes gets its own, so two
+/// processes on one store (a server and an import) never reuse an actor's sequence.
+pub fn process_actor() -> ActorId {
+    use std::sync::OnceLock;
+    static ACTOR: OnceLock<ActorId> = OnceLock::new();
+    ACTOR
+        .get_or_init(|| ActorId::from(uuid::Uuid::new_v4().as_bytes().as_slice()))
+        .clone()
+}
+
+fn get_str<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<String> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(s), _) => s.as_str().map(str::to_string),
+        (Value::Object(ObjType::Text), id) => doc.text(&id).ok(),
+        _ => None,
+    }
+}
+
+fn get_bool<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<bool> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(s), _) => match s.as_ref() {
+            automerge::ScalarValue::Boolean(b) => Some(*b),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn get_obj<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str, ty: ObjType) -> Option<ObjId> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Object(t), id) if t == ty => Some(id),
+        _ => None,
+    }
+}
+
+fn get_str_list<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<Vec<String>> {
+    let list = get_obj(doc, obj, key, ObjType::List)?;
+    let mut out = Vec::new();
+    for i in 0..doc.length(&list) {
+        if let Some((Value::Scalar(s), _)) = doc.get(&list, i).ok()?
+            && let Some(s) = s.as_str()
+        {
+            out.push(s.to_string());
+        }
+    }
+    Some(out)
+}
+
+fn put_str_list(
+    tx: &mut Transaction<'_>,
+    obj: &ObjId,
+    key: &str,
+    items: &[String],
+) -> Result<(), ModelError> {
+    let list = tx.put_object(obj, key, ObjType::List)?;
+    for (i, item) in items.iter().enumerate() {
+        tx.insert(&list, i, item.as_str())?;
+    }
+    Ok(())
+}
+
+/// Reads the header of any record. A record without a usable header is refused
+/// everywhere: the policy cannot place it.
+pub fn read_header(doc: &Automerge) -> Result<Header, ModelError> {
+    let h = get_obj(doc, ROOT, "header", ObjType::Map).ok_or(ModelError::BadHeader("missing"))?;
+    let kind = get_str(doc, &h, "kind")
+        .and_then(|k| Kind::parse(&k))
+        .ok_or(ModelError::BadHeader("unknown kind"))?;
+    let unit = get_str(doc, &h, "unit").ok_or(ModelError::BadHeader("no unit"))?;
+    let mut audience = get_str_list(doc, &h, "audience").unwrap_or_default();
+    if !audience.contains(&unit) {
+        audience.push(unit.clone());
+    }
+    audience.sort();
+    audience.dedup();
+    let confidential = match kind {
+        Kind::Document => get_str(doc, ROOT, "secrecy").is_some_and(|s| !s.trim().is_empty()),
+        Kind::Annotation => {
+            get_str(doc, ROOT, "visibility").as_deref() != Some("audience")
+                && get_str(doc, ROOT, "visibility").as_deref() != Some("shared")
+        }
+    };
+    Ok(Header {
+        kind,
+        unit,
+        audience,
+        created_by: get_str(doc, &h, "created_by").unwrap_or_default(),
+        created_at: get_str(doc, &h, "created_at").unwrap_or_default(),
+        confidential,
+    })
+}
+
+fn write_header(tx: &mut Transaction<'_>, header: &Header) -> Result<(), ModelError> {
+    let h = tx.put_object(ROOT, "header", ObjType::Map)?;
+    tx.put(&h, "kind", header.kind.as_str())?;
+    tx.put(&h, "unit", header.unit.as_str())?;
+    put_str_list(tx, &h, "audience", &header.audience)?;
+    tx.put(&h, "created_by", header.created_by.as_str())?;
+    tx.put(&h, "created_at", header.created_at.as_str())?;
+    Ok(())
+}
+
+fn body_obj(doc: &Automerge) -> Result<ObjId, ModelError> {
+    get_obj(doc, ROOT, "body", ObjType::Text).ok_or(ModelError::BadHeader("document has no body"))
+}
+
+/// Creates a new `document` record.
+pub fn create_document(header: &Header, fields: &DocumentPatch) -> Result<Automerge, ModelError> {
+    let mut doc = Automerge::new().with_actor(process_actor());
+    let mut tx = doc.transaction();
+    write_header(&mut tx, header)?;
+    tx.put_object(ROOT, "body", ObjType::Text)?;
+    tx.put(ROOT, "state", INITIAL_STATE)?;
+    tx.commit();
+    update_document(&mut doc, fields)?;
+    Ok(doc)
+}
+
+/// Applies a clerk's PATCH (or the fields of a new document) in one change.
+pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(), ModelError> {
+    expect_kind(doc, Kind::Document)?;
+    let body = body_obj(doc)?;
+    if let Some(s) = &patch.body_splice {
+        let len = doc.length(&body);
+        if s.pos > len || s.delete > len - s.pos {
+            return Err(ModelError::SpliceOutOfRange {
+                len,
+                pos: s.pos,
+                delete: s.delete,
+            });
+        }
+    }
+    if patch.body.is_some() && patch.body_splice.is_some() {
+        return Err(ModelError::Invalid(
+            "send either \"body\" or \"body_splice\", not both".into(),
+        ));
+    }
+    let mut tx = doc.transaction();
+    for (key, value) in patch.scalar_fields() {
+        if let Some(v) = value {
+            tx.put(ROOT, key, v)?;
+        }
+    }
+    if let Some(r) = &patch.recipients {
+        put_str_list(&mut tx, &ROOT, "recipients", r)?;
+    }
+    if let Some(a) = &patch.audience {
+        let h = get_obj_tx(&tx, "header")?;
+        put_str_list(&mut tx, &h, "audience", a)?;
+    }
+    if let Some(text) = &patch.body {
+        tx.update_text(&body, text)?;
+    }
+    if let Some(s) = &patch.body_splice {
+        tx.splice_text(&body, s.pos, s.delete as isize, &s.insert)?;
+    }
+    tx.commit();
+    Ok(())
+}
+
+fn get_obj_tx(tx: &Transaction<'_>, key: &str) -> Result<ObjId, ModelError> {
+    match tx.get(ROOT, key)? {
+        Some((Value::Object(ObjType::Map), id)) => Ok(id),
+        _ => Err(ModelError::BadHeader("missing")),
+    }
+}
+
+/// Splices the body directly: the path used by bulk edits such as replaying a trace.
+pub fn splice_body(
+    doc: &mut Automerge,
+    pos: usize,
+    delete: usize,
+    insert: &str,
+) -> Result<(), ModelError> {
+    let body = body_obj(doc)?;
+    let len = doc.length(&body);
+    if pos > len || delete > len - pos {
+        return Err(ModelError::SpliceOutOfRange { len, pos, delete });
+    }
+    let mut tx = doc.transaction();
+    tx.splice_text(&body, pos, delete as isize, insert)?;
+    tx.commit();
+    Ok(())
+}
+
+/// The current body text of a document.
+pub fn body_text(doc: &Automerge) -> Result<String, ModelError> {
+    Ok(doc.text(body_obj(doc)?)?)
+}
+
+/// Marks a record deleted (a tombstone with who and when), synced like any change.
+pub fn tombstone(doc: &mut Automerge, by: &str) -> Result<(), ModelError> {
+    let mut tx = doc.transaction();
+    let d = tx.put_object(ROOT, "deleted", ObjType::Map)?;
+    tx.put(&d, "by", by)?;
+    tx.put(&d, "at", now_vietnam())?;
+    tx.commit();
+    Ok(())
+}
+
+pub fn is_deleted(doc: &Automerge) -> bool {
+    get_obj(doc, ROOT, "deleted", ObjType::Map).is_some()
+}
+
+fn expect_kind(doc: &Automerge, kind: Kind) -> Result<(), ModelError> {
+    let found = read_header(doc)?.kind;
+    if found != kind {
+        return Err(ModelError::WrongKind {
+            expected: kind.as_str(),
+            found: found.as_str(),
+        });
+    }
+    Ok(())
+}
+
+/// Sorted hex change hashes: the form heads take in the API and in signatures.
+pub fn heads_hex(heads: &[ChangeHash]) -> Vec<String> {
+    let mut h: Vec<String> = heads.iter().map(|h| h.to_string()).collect();
+    h.sort();
+    h
+}
+
+/// The JSON a clerk (and the API) sees for a record of any kind.
+pub fn to_json(id: &DocId, doc: &Automerge) -> Result<Json, ModelError> {
+    let header = read_header(doc)?;
+    let mut out = json!({
+        "id": id.as_str(),
+        "kind": header.kind.as_str(),
+        "unit": header.unit,
+        "audience": header.audience,
+        "created_by": header.created_by,
+        "created_at": header.created_at,
+        "heads": heads_hex(&doc.get_heads()),
+        "deleted": is_deleted(doc),
+    });
+    let obj = out.as_object_mut().expect("built as an object");
+    if let Some(d) = get_obj(doc, ROOT, "deleted", ObjType::Map) {
+        obj.insert("deleted_by".into(), json!(get_str(doc, &d, "by")));
+        obj.insert("deleted_at".into(), json!(get_str(doc, &d, "at")));
+    }
+    match header.kind {
+        Kind::Document => {
+            for key in DOCUMENT_FIELDS {
+                obj.insert((*key).into(), json!(get_str(doc, ROOT, key)));
+            }
+            obj.insert(
+                "recipients".into(),
+                json!(get_str_list(doc, ROOT, "recipients").unwrap_or_default()),
+            );
+            obj.insert("body".into(), json!(body_text(doc)?));
+        }
+        Kind::Annotation => {
+            for key in ["target", "text", "author", "visibility"] {
+                obj.insert(key.into(), json!(get_str(doc, ROOT, key)));
+            }
+            obj.insert(
+                "shared_with".into(),
+                json!(get_str_list(doc, ROOT, "shared_with").unwrap_or_default()),
+            );
+            obj.insert(
+                "resolved".into(),
+                json!(get_bool(doc, ROOT, "resolved").unwrap_or(false)),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The id of the document an annotation points at.
+pub fn annotation_target(doc: &Automerge) -> Option<DocId> {
+    get_str(doc, ROOT, "target").and_then(|t| DocId::parse(&t).ok())
+}
+
+/// Creates an annotation anchored with cursors into `target`'s body, so the range follows
+/// concurrent edits made elsewhere in the text.
+pub fn create_annotation(
+    header: &Header,
+    target_id: &DocId,
+    target: &Automerge,
+    input: &NewAnnotation,
+) -> Result<Automerge, ModelError> {
+    expect_kind(target, Kind::Document)?;
+    let anchor = match input.anchor {
+        Some(a) => {
+            let body = body_obj(target)?;
+            let len = target.length(&body);
+            if a.start > a.end || a.end > len {
+                return Err(ModelError::AnchorOutOfRange {
+                    start: a.start,
+                    end: a.end,
+                    len,
+                });
+            }
+            // The start cursor sticks to the first annotated character; the end cursor to
+            // the character after the range (or the end of the text), so text typed inside
+            // the range stays inside it.
+            let start = target.get_cursor(&body, a.start, None)?;
+            let end = if a.end == len {
+                target.get_cursor(&body, automerge::CursorPosition::End, None)?
+            } else {
+                target.get_cursor(&body, a.end, None)?
+            };
+            Some((start, end))
+        }
+        None => None,
+    };
+    let mut doc = Automerge::new().with_actor(process_actor());
+    let mut tx = doc.transaction();
+    write_header(&mut tx, header)?;
+    tx.put(ROOT, "target", target_id.as_str())?;
+    if let Some((start, end)) = anchor {
+        let a = tx.put_object(ROOT, "anchor", ObjType::Map)?;
+        tx.put(&a, "start", start.to_string())?;
+        tx.put(&a, "end", end.to_string())?;
+    }
+    tx.put(ROOT, "text", input.text.as_str())?;
+    tx.put(ROOT, "author", input.author.as_deref().unwrap_or(""))?;
+    tx.put(ROOT, "visibility", input.visibility.as_str())?;
+    put_str_list(&mut tx, &ROOT, "shared_with", &input.shared_with)?;
+    tx.put(ROOT, "resolved", false)?;
+    tx.commit();
+    Ok(doc)
+}
+
+/// An annotation's JSON with its anchor resolved against the target's current body.
+pub fn annotation_json(
+    id: &DocId,
+    doc: &Automerge,
+    target: &Automerge,
+) -> Result<Json, ModelError> {
+    let mut out = to_json(id, doc)?;
+    let anchor = match get_obj(doc, ROOT, "anchor", ObjType::Map) {
+        Some(a) => {
+            let body = body_obj(target)?;
+            let resolve = |key: &str| -> Option<usize> {
+                let c = Cursor::try_from(get_str(doc, &a, key)?).ok()?;
+                target.get_cursor_position(&body, &c, None).ok()
+            };
+            match (resolve("start"), resolve("end")) {
+                (Some(start), Some(end)) => json!({ "start": start, "end": end.max(start) }),
+                _ => Json::Null,
+            }
+        }
+        None => Json::Null,
+    };
+    out["anchor"] = anchor;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            kind: Kind::Document,
+            unit: "18562".into(),
+            audience: vec!["18562".into()],
+            created_by: "test".into(),
+            created_at: now_vietnam(),
+            confidential: false,
+        }
+    }
+
+    #[test]
+    fn a_document_round_trips_its_decree_fields() {
+        let patch = DocumentPatch {
+            doc_type: Some("Quyết định".into()),
+            number: Some("01".into()),
+            notation: Some("QĐ-UBND".into()),
+            subject: Some("Về việc thành lập tổ công tác".into()),
+            body: Some("Điều 1. Thành lập.".into()),
+            ..Default::default()
+        };
+        let doc = create_document(&header(), &patch).unwrap();
+        let j = to_json(&DocId::new(), &doc).unwrap();
+        assert_eq!(j["type"], "Quyết định");
+        assert_eq!(j["number"], "01");
+        assert_eq!(j["state"], "draft");
+        assert_eq!(j["body"], "Điều 1. Thành lập.");
+        assert_eq!(j["audience"], json!(["18562"]));
+        assert_eq!(j["heads"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_whole_new_body_is_applied_as_a_minimal_edit_that_merges() {
+        let mut a = create_document(
+            &header(),
+            &DocumentPatch {
+                body: Some("Một hai ba".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut b = a.fork();
+        update_document(
+            &mut a,
+            &DocumentPatch {
+                body: Some("Một hai ba bốn".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        update_document(
+            &mut b,
+            &DocumentPatch {
+                body: Some("Không một hai ba".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        a.merge(&mut b).unwrap();
+        assert_eq!(body_text(&a).unwrap(), "Không một hai ba bốn");
+    }
+
+    #[test]
+    fn splices_count_unicode_scalar_values_and_refuse_out_of_range() {
+        let mut doc = create_document(
+            &header(),
+            &DocumentPatch {
+                body: Some("Việt Nam".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        splice_body(&mut doc, 5, 3, "nam").unwrap();
+        assert_eq!(body_text(&doc).unwrap(), "Việt nam");
+        assert!(matches!(
+            splice_body(&mut doc, 9, 0, "x"),
+            Err(ModelError::SpliceOutOfRange { len: 8, .. })
+        ));
+    }
+
+    #[test]
+    fn an_annotation_anchor_follows_edits_before_it() {
+        let target = create_document(
+            &header(),
+            &DocumentPatch {
+                body: Some("Xã Thạch Hà".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let tid = DocId::new();
+        let mut h = header();
+        h.kind = Kind::Annotation;
+        let input = NewAnnotation {
+            text: "tên xã".into(),
+            anchor: Some(Anchor { start: 3, end: 11 }),
+            visibility: Visibility::Audience,
+            shared_with: vec![],
+            author: None,
+        };
+        let ann = create_annotation(&h, &tid, &target, &input).unwrap();
+        let mut target = target;
+        splice_body(&mut target, 0, 0, "UBND ").unwrap();
+        let j = annotation_json(&DocId::new(), &ann, &target).unwrap();
+        assert_eq!(j["anchor"], json!({"start": 8, "end": 16}));
+        assert_eq!(j["target"], tid.as_str());
+        assert!(!read_header(&ann).unwrap().confidential);
+    }
+
+    #[test]
+    fn ids_must_be_canonical_uuids() {
+        assert!(DocId::parse(DocId::new().as_str()).is_ok());
+        assert!(DocId::parse("../../etc/passwd").is_err());
+        assert!(DocId::parse("0190F5C2-8A1B-7C3D-9E4F-001122334455").is_err());
+    }
+}

@@ -1,0 +1,429 @@
+//! Carries protocol sessions over iroh QUIC connections.
+//!
+//! The endpoint runs fully offline: no relay servers, no DNS or pkarr lookups, only the
+//! addresses an operator gives (`--peer`, `--relay`, `--upstream`) and the connections
+//! peers open to us. Each connection carries one bidirectional stream of length-prefixed
+//! frames, and one [`Session`] on each side.
+//!
+//! A session's store work runs under the store lock on a blocking-capable thread
+//! (`block_in_place`), one batch of ready frames per transaction, and its replies are
+//! written only after that transaction has committed.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, SinkExt, StreamExt};
+use iroh::endpoint::{Connection, QuicTransportConfig, VarInt, presets};
+use iroh::{Endpoint, EndpointAddr, EndpointId, SecretKey};
+use tokio::sync::watch;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tracing::{debug, info, warn};
+
+use crate::model;
+use crate::policy::{Member, Role, Roster};
+use crate::protocol::{self, Message, ProtocolError, Session, short};
+use crate::store::Store;
+
+/// The store shared by the HTTP API and every sync session.
+pub type SharedStore = Arc<Mutex<Store>>;
+
+/// Frames read from the socket and handled in one store transaction, at most.
+const FRAMES_PER_BATCH: usize = 128;
+
+/// How often a session looks for changes written by another process (an import).
+const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The longest wait between two attempts to reach a configured peer.
+const MAX_REDIAL: Duration = Duration::from_secs(4);
+
+/// QUIC close codes, visible in the peer's logs.
+const CLOSE_DONE: u32 = 0;
+const CLOSE_NOT_ALLOWED: u32 = 1;
+const CLOSE_PROTOCOL: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("{0:?} is not a peer address: expected NODE_ID@HOST:PORT")]
+    BadPeerAddr(String),
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("cannot listen on {addr}: {message}")]
+    Bind { addr: String, message: String },
+}
+
+/// A peer given on the command line: `NODE_ID@HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    pub id: EndpointId,
+    pub addr: SocketAddr,
+}
+
+impl FromStr for PeerAddr {
+    type Err = NetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || NetError::BadPeerAddr(s.to_string());
+        let (id, host) = s.split_once('@').ok_or_else(bad)?;
+        let id = EndpointId::from_str(id).map_err(|_| bad())?;
+        let addr = host
+            .to_socket_addrs()
+            .map_err(|_| NetError::Resolve(host.to_string()))?
+            .next()
+            .ok_or_else(|| NetError::Resolve(host.to_string()))?;
+        Ok(PeerAddr { id, addr })
+    }
+}
+
+/// What a node or relay needs to take part in sync.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub listen: SocketAddr,
+    pub me: Member,
+    /// Peers to dial, with the role the operator gave them (`--peer` is a node,
+    /// `--relay`/`--upstream` a relay). Their unit comes from the roster or their Hello.
+    pub dial: Vec<(PeerAddr, Role)>,
+    pub roster: Roster,
+}
+
+/// What the status page shows of one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PeerStatus {
+    pub id: String,
+    pub unit: Option<String>,
+    pub role: Option<&'static str>,
+    pub connected: bool,
+    pub last_sync: Option<String>,
+    pub pending_out: u64,
+    pub pending_in: u64,
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    store: SharedStore,
+    me: Member,
+    roster: Roster,
+    /// Peers dialled by configuration, with the role the operator gave them.
+    configured: HashMap<String, Role>,
+    status: Mutex<HashMap<String, PeerStatus>>,
+}
+
+/// The running network side of a node or relay.
+pub struct Net {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Net {
+    /// Binds the endpoint and starts accepting and dialling.
+    pub async fn start(
+        secret: SecretKey,
+        store: SharedStore,
+        config: NetConfig,
+    ) -> Result<Net, NetError> {
+        let transport = QuicTransportConfig::builder()
+            .max_idle_timeout(Duration::from_secs(15).try_into().ok())
+            .keep_alive_interval(Duration::from_secs(3))
+            .build();
+        let bind_err = |message: String| NetError::Bind {
+            addr: config.listen.to_string(),
+            message,
+        };
+        let endpoint = Endpoint::builder(presets::Minimal)
+            .secret_key(secret)
+            .alpns(vec![protocol::ALPN.to_vec()])
+            .transport_config(transport)
+            .clear_ip_transports()
+            .bind_addr(config.listen)
+            .map_err(|e| bind_err(e.to_string()))?
+            .bind()
+            .await
+            .map_err(|e| bind_err(e.to_string()))?;
+        info!(id = %endpoint.id(), addrs = ?endpoint.bound_sockets(), "sync endpoint listening");
+
+        let mut status = HashMap::new();
+        let configured: HashMap<String, Role> = config
+            .dial
+            .iter()
+            .map(|(p, role)| (p.id.to_string(), *role))
+            .collect();
+        for (id, role) in &configured {
+            status.insert(
+                id.clone(),
+                PeerStatus {
+                    id: id.clone(),
+                    role: Some(role.as_str()),
+                    ..Default::default()
+                },
+            );
+        }
+        let shared = Arc::new(Shared {
+            endpoint,
+            store,
+            me: config.me,
+            roster: config.roster,
+            configured,
+            status: Mutex::new(status),
+        });
+
+        let mut tasks = vec![tokio::spawn(accept_loop(shared.clone()))];
+        for (peer, _) in config.dial {
+            tasks.push(tokio::spawn(dial_loop(shared.clone(), peer)));
+        }
+        Ok(Net { shared, tasks })
+    }
+
+    pub fn id(&self) -> EndpointId {
+        self.shared.endpoint.id()
+    }
+
+    /// The UDP sockets the endpoint listens on.
+    pub fn bound_sockets(&self) -> Vec<SocketAddr> {
+        self.shared.endpoint.bound_sockets()
+    }
+
+    /// Every peer configured or seen, with its sync state.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let mut peers: Vec<PeerStatus> = lock(&self.shared.status).values().cloned().collect();
+        peers.sort_by(|a, b| a.id.cmp(&b.id));
+        peers
+    }
+
+    /// Closes every connection politely and stops.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.shared.endpoint.close().await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a lock leaves data that is still consistent here (every
+    // store write is transactional), so a poisoned lock is used as it is.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn accept_loop(shared: Arc<Shared>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(error = %e, "incoming connection failed");
+                    return;
+                }
+            };
+            run_connection(shared, conn, false).await;
+        });
+    }
+}
+
+async fn dial_loop(shared: Arc<Shared>, peer: PeerAddr) {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let connected = lock(&shared.status)
+            .get(&peer.id.to_string())
+            .is_some_and(|s| s.connected);
+        if !connected {
+            let addr = EndpointAddr::new(peer.id).with_ip_addr(peer.addr);
+            match shared.endpoint.connect(addr, protocol::ALPN).await {
+                Ok(conn) => {
+                    wait = Duration::from_millis(250);
+                    run_connection(shared.clone(), conn, true).await;
+                }
+                Err(e) => {
+                    debug!(peer = %peer.id.fmt_short(), error = %e, "peer unreachable");
+                }
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_REDIAL);
+    }
+}
+
+/// Runs one session on a connection until either side ends it.
+async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) {
+    let peer_id = conn.remote_id().to_string();
+    let roster_member = shared.roster.get(&peer_id).cloned();
+    if roster_member.is_none() && !shared.configured.contains_key(&peer_id) {
+        warn!(peer = %short(&peer_id), "refused a connection from a node not on the roster");
+        conn.close(VarInt::from_u32(CLOSE_NOT_ALLOWED), b"not on the roster");
+        return;
+    }
+    let streams = if dialer {
+        conn.open_bi().await
+    } else {
+        conn.accept_bi().await
+    };
+    let (send, recv) = match streams {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(peer = %short(&peer_id), error = %e, "no stream");
+            return;
+        }
+    };
+    info!(peer = %short(&peer_id), dialer, "peer connected");
+    set_status(&shared, &peer_id, |s| s.connected = true);
+
+    let mut session = Session::new(shared.me.clone(), peer_id.clone(), roster_member);
+    let result = drive(&shared, &mut session, send, recv).await;
+    let stats = session.stats();
+    {
+        let mut store = lock(&shared.store);
+        if let Err(e) = session.persist_states(&mut store) {
+            warn!(peer = %short(&peer_id), error = %e, "could not persist sync states");
+        }
+    }
+    set_status(&shared, &peer_id, |s| s.connected = false);
+    match result {
+        Ok(()) => {
+            info!(peer = %short(&peer_id), messages_in = stats.messages_in,
+                messages_out = stats.messages_out, stored = stats.records_stored,
+                "peer disconnected");
+            conn.close(VarInt::from_u32(CLOSE_DONE), b"bye");
+        }
+        Err(SessionEnd::Protocol(e)) => {
+            warn!(peer = %short(&peer_id), error = %e, "ended the session with a faulty peer");
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), e.to_string().as_bytes());
+        }
+        Err(SessionEnd::Io(e)) => {
+            info!(peer = %short(&peer_id), reason = %e, "peer connection lost");
+        }
+    }
+}
+
+enum SessionEnd {
+    Protocol(ProtocolError),
+    Io(String),
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(protocol::MAX_FRAME_BYTES)
+        .new_codec()
+}
+
+async fn drive(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    send: iroh::endpoint::SendStream,
+    recv: iroh::endpoint::RecvStream,
+) -> Result<(), SessionEnd> {
+    let mut reader = FramedRead::new(recv, codec());
+    let mut writer = FramedWrite::new(send, codec());
+    let mut changes: watch::Receiver<u64> = lock(&shared.store).subscribe();
+    let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+
+    let hello = {
+        let store = lock(&shared.store);
+        session.start(&store).map_err(SessionEnd::Protocol)?
+    };
+    send_all(&mut writer, hello).await?;
+
+    loop {
+        let out = tokio::select! {
+            frame = reader.next() => {
+                let Some(first) = frame else { return Ok(()) };
+                let mut frames = vec![first];
+                while frames.len() < FRAMES_PER_BATCH {
+                    match reader.next().now_or_never() {
+                        Some(Some(f)) => frames.push(f),
+                        _ => break,
+                    }
+                }
+                let mut messages = Vec::with_capacity(frames.len());
+                for f in frames {
+                    let bytes = f.map_err(|e| match e.kind() {
+                        std::io::ErrorKind::InvalidData => SessionEnd::Protocol(
+                            ProtocolError::Malformed(format!("frame rejected: {e}"))),
+                        _ => SessionEnd::Io(e.to_string()),
+                    })?;
+                    messages.push(Message::decode(&bytes).map_err(SessionEnd::Protocol)?);
+                }
+                debug!(peer = %short(session.peer_id()), frames = messages.len(), "frames in");
+                handle_batch(shared, session, messages)?
+            }
+            _ = changes.changed() => poll(shared, session)?,
+            _ = rescan.tick() => poll(shared, session)?,
+        };
+        if !out.is_empty() {
+            debug!(peer = %short(session.peer_id()), frames = out.len(), "frames out");
+        }
+        send_all(&mut writer, out).await?;
+        update_status(shared, session);
+    }
+}
+
+fn handle_batch(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    messages: Vec<Message>,
+) -> Result<Vec<Message>, SessionEnd> {
+    tokio::task::block_in_place(|| {
+        let mut store = lock(&shared.store);
+        store.batch(|store| {
+            let mut out = Vec::new();
+            for m in messages {
+                out.extend(session.handle(store, m)?);
+            }
+            Ok::<_, ProtocolError>(out)
+        })
+    })
+    .map_err(SessionEnd::Protocol)
+}
+
+fn poll(shared: &Arc<Shared>, session: &mut Session) -> Result<Vec<Message>, SessionEnd> {
+    tokio::task::block_in_place(|| {
+        let mut store = lock(&shared.store);
+        store.batch(|store| session.poll_local(store))
+    })
+    .map_err(SessionEnd::Protocol)
+}
+
+async fn send_all(
+    writer: &mut FramedWrite<iroh::endpoint::SendStream, LengthDelimitedCodec>,
+    messages: Vec<Message>,
+) -> Result<(), SessionEnd> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    for m in messages {
+        writer
+            .feed(bytes::Bytes::from(m.encode()))
+            .await
+            .map_err(|e| SessionEnd::Io(e.to_string()))?;
+    }
+    SinkExt::<bytes::Bytes>::flush(writer)
+        .await
+        .map_err(|e| SessionEnd::Io(e.to_string()))
+}
+
+fn set_status(shared: &Shared, peer: &str, f: impl FnOnce(&mut PeerStatus)) {
+    let mut status = lock(&shared.status);
+    let entry = status
+        .entry(peer.to_string())
+        .or_insert_with(|| PeerStatus {
+            id: peer.to_string(),
+            ..Default::default()
+        });
+    f(entry);
+}
+
+fn update_status(shared: &Shared, session: &Session) {
+    let idle = session.is_idle();
+    set_status(shared, session.peer_id(), |s| {
+        if let Some(m) = session.peer() {
+            s.unit = Some(m.unit.to_string());
+            s.role = Some(m.role.as_str());
+        }
+        s.pending_out = session.pending_out() as u64;
+        s.pending_in = session.pending_in();
+        if idle {
+            s.last_sync = Some(model::now_vietnam());
+        }
+    });
+}

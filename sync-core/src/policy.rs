@@ -1,0 +1,302 @@
+//! Who may hold, receive and write which record: one policy, checked on every send and
+//! every receive.
+//!
+//! A record lives on the nodes of the units in its audience and on the relays that lie on
+//! the tree paths between those units, which carry it; nowhere else. A secret document
+//! (độ mật) or a private annotation never leaves the nodes of its own unit. A cluster id
+//! or province code in an audience means that authority itself (its relay and its own
+//! nodes), not every commune below it.
+//!
+//! The peers a node or relay talks to are listed in a roster (TOML), mapping node ids to
+//! units and roles; peers given on the command line are trusted for the unit they
+//! announce.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Header;
+use crate::units::UnitCode;
+
+/// What a participant in sync is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A commune (or province office) node: holds the records of its own unit's audience.
+    Node,
+    /// A store-and-forward relay: carries records between the units below and above it.
+    Relay,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Relay => "relay",
+        }
+    }
+}
+
+/// A participant whose unit and role are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub unit: UnitCode,
+    pub role: Role,
+}
+
+/// Could a participant of this unit and role hold the record with this header?
+pub fn may_hold(member: &Member, header: &Header) -> bool {
+    if header.confidential {
+        return member.role == Role::Node && member.unit.as_str() == header.unit;
+    }
+    let mut units: Vec<UnitCode> = header
+        .audience
+        .iter()
+        .filter_map(|u| UnitCode::parse(u).ok())
+        .collect();
+    if let Ok(owner) = UnitCode::parse(&header.unit) {
+        units.push(owner);
+    }
+    units.sort();
+    units.dedup();
+    if units.contains(&member.unit) {
+        return true;
+    }
+    member.role == Role::Relay && on_tree_between(&member.unit, &units)
+}
+
+/// Does `relay` lie on a tree path between two of `units` (the smallest subtree that
+/// connects them)?
+fn on_tree_between(relay: &UnitCode, units: &[UnitCode]) -> bool {
+    // For each unit below the relay, the child of the relay its path passes through.
+    let mut children_used = Vec::new();
+    let mut below = 0;
+    for unit in units {
+        let path = unit.path_to_root();
+        if let Some(pos) = path.iter().position(|u| u == relay) {
+            below += 1;
+            if pos > 0 && !children_used.contains(&path[pos - 1]) {
+                children_used.push(path[pos - 1].clone());
+            }
+        }
+    }
+    // Some units below and some elsewhere: every path between them crosses the relay.
+    // All below: the relay is on the tree only if it joins two of its branches.
+    (below > 0 && below < units.len()) || children_used.len() >= 2
+}
+
+/// Why a peer's change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the peer may not hold this record")]
+    PeerMayNotHold,
+    #[error("this store may not hold this record")]
+    WeMayNotHold,
+    #[error("the change moves the record to another owning unit")]
+    OwnerChanged,
+    #[error("the change alters who created the record")]
+    CreatorChanged,
+}
+
+/// `may_accept`: may `peer` write this change, which turns `before` (if we hold the
+/// record) into `after`? A peer writes only into records it may hold both before and
+/// after, never moves a record to another unit, and never hands us a record we may not
+/// hold ourselves.
+pub fn may_accept(
+    me: &Member,
+    peer: &Member,
+    before: Option<&Header>,
+    after: &Header,
+) -> Result<(), Refusal> {
+    if !may_hold(me, after) {
+        return Err(Refusal::WeMayNotHold);
+    }
+    if !may_hold(peer, after) {
+        return Err(Refusal::PeerMayNotHold);
+    }
+    if let Some(before) = before {
+        if !may_hold(peer, before) {
+            return Err(Refusal::PeerMayNotHold);
+        }
+        if before.unit != after.unit {
+            return Err(Refusal::OwnerChanged);
+        }
+        if before.created_by != after.created_by || before.created_at != after.created_at {
+            return Err(Refusal::CreatorChanged);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RosterError {
+    #[error("cannot read roster {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("roster {path} is not valid: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RosterFile {
+    #[serde(default)]
+    member: Vec<RosterEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RosterEntry {
+    id: String,
+    unit: String,
+    role: Role,
+}
+
+/// Node ids with their unit and role.
+#[derive(Debug, Clone, Default)]
+pub struct Roster {
+    members: HashMap<String, Member>,
+}
+
+impl Roster {
+    pub fn load(path: &Path) -> Result<Roster, RosterError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RosterError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Roster::parse(&text).map_err(|message| RosterError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Roster, String> {
+        let file: RosterFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut members = HashMap::new();
+        for entry in file.member {
+            if entry.id.parse::<iroh::EndpointId>().is_err() {
+                return Err(format!("{:?} is not a node id", entry.id));
+            }
+            let unit = UnitCode::parse(&entry.unit).map_err(|e| e.to_string())?;
+            let id = entry.id.to_lowercase();
+            if members.contains_key(&id) {
+                return Err(format!("node {id} is listed twice"));
+            }
+            members.insert(
+                id,
+                Member {
+                    unit,
+                    role: entry.role,
+                },
+            );
+        }
+        Ok(Roster { members })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Kind;
+
+    fn member(unit: &str, role: Role) -> Member {
+        Member {
+            unit: UnitCode::parse(unit).unwrap(),
+            role,
+        }
+    }
+
+    fn header(unit: &str, audience: &[&str]) -> Header {
+        Header {
+            kind: Kind::Document,
+            unit: unit.into(),
+            audience: audience.iter().map(|s| s.to_string()).collect(),
+            created_by: "x".into(),
+            created_at: "t".into(),
+            confidential: false,
+        }
+    }
+
+    // Hà Tĩnh (42): Thạch Hà 18562 and Lộc Hà 18568 in cluster 42-445;
+    // 18409 Hồng Lộc also in 42-445.
+    #[test]
+    fn a_record_shared_between_two_communes_of_a_cluster_stays_in_the_cluster() {
+        let h = header("18562", &["18562", "18568"]);
+        assert!(may_hold(&member("18562", Role::Node), &h));
+        assert!(may_hold(&member("18568", Role::Node), &h));
+        assert!(!may_hold(&member("18409", Role::Node), &h));
+        assert!(may_hold(&member("42-445", Role::Relay), &h));
+        assert!(!may_hold(&member("42", Role::Relay), &h));
+        assert!(!may_hold(&member("VN", Role::Relay), &h));
+    }
+
+    #[test]
+    fn a_record_for_the_province_climbs_through_cluster_and_province_relays() {
+        let h = header("18562", &["42"]);
+        assert!(may_hold(&member("42-445", Role::Relay), &h));
+        assert!(may_hold(&member("42", Role::Relay), &h));
+        assert!(may_hold(&member("42", Role::Node), &h));
+        assert!(!may_hold(&member("18568", Role::Node), &h));
+        assert!(!may_hold(&member("VN", Role::Relay), &h));
+    }
+
+    #[test]
+    fn a_commune_only_record_never_leaves_its_nodes() {
+        let h = header("18562", &[]);
+        assert!(may_hold(&member("18562", Role::Node), &h));
+        assert!(!may_hold(&member("42-445", Role::Relay), &h));
+    }
+
+    #[test]
+    fn secret_records_stay_on_their_units_nodes_whatever_the_audience() {
+        let mut h = header("18562", &["42"]);
+        h.confidential = true;
+        assert!(may_hold(&member("18562", Role::Node), &h));
+        assert!(!may_hold(&member("42-445", Role::Relay), &h));
+        assert!(!may_hold(&member("42", Role::Node), &h));
+    }
+
+    #[test]
+    fn peers_cannot_move_records_or_write_outside_their_audience() {
+        let me = member("42-445", Role::Relay);
+        let a = member("18562", Role::Node);
+        let b = member("18568", Role::Node);
+        let h = header("18562", &["18568"]);
+        assert_eq!(may_accept(&me, &a, None, &h), Ok(()));
+        assert_eq!(
+            may_accept(&me, &member("18409", Role::Node), None, &h),
+            Err(Refusal::PeerMayNotHold)
+        );
+        let moved = header("18568", &["18562"]);
+        assert_eq!(
+            may_accept(&me, &b, Some(&h), &moved),
+            Err(Refusal::OwnerChanged)
+        );
+    }
+
+    #[test]
+    fn rosters_reject_unknown_units_and_bad_ids() {
+        let id = iroh::SecretKey::generate().public().to_string();
+        let ok = format!("[[member]]\nid = \"{id}\"\nunit = \"18562\"\nrole = \"node\"\n");
+        let r = Roster::parse(&ok).unwrap();
+        assert_eq!(r.get(&id).unwrap().role, Role::Node);
+        assert!(Roster::parse(&ok.replace("18562", "99999")).is_err());
+        assert!(Roster::parse(&ok.replace(&id, "nope")).is_err());
+        assert!(Roster::parse(&ok.replace("node", "king")).is_err());
+    }
+}

@@ -1,0 +1,592 @@
+//! The sync protocol as a sans-IO state machine: messages in, messages and store writes
+//! out. No sockets and no clocks live here, so the whole protocol runs in tests against
+//! in-memory stores; `net` carries the messages over iroh.
+//!
+//! One [`Session`] runs per connection between two peers, symmetrically on both sides:
+//!
+//! 1. **Hello**: each side announces its store epoch, unit and role, and the cursor it
+//!    holds for the other side's store.
+//! 2. **Catch-up**: each side walks its own records changed since the cursor the peer
+//!    holds (or all records, if the peer's cursor belongs to another epoch), skipping
+//!    those the policy keeps from the peer, and starts the automerge sync protocol for
+//!    each, with a bounded number of records in flight.
+//! 3. **Per record**: automerge sync messages, with the sync state kept per peer and
+//!    record (its durable part persisted in the store).
+//! 4. **Acknowledge**: a record counts as delivered only when the peer's own reply shows
+//!    heads equal to ours; the peer sends that reply only after it has committed what it
+//!    received. When every record up to seq N is delivered, the sender says `Progress
+//!    { seq: N }` and the receiver stores N as its cursor.
+//! 5. **Live**: after catch-up, new local changes are offered the same way as they
+//!    happen (the driver calls [`Session::poll_local`] when the store changes).
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use automerge::Automerge;
+use automerge::sync::{self, SyncDoc};
+use lru::LruCache;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{self, DocId};
+use crate::policy::{self, Member, Role};
+use crate::store::{Store, StoreError};
+use crate::units::UnitCode;
+
+/// The ALPN that identifies Cabinet's sync protocol on an iroh connection.
+pub const ALPN: &[u8] = b"cabinet/sync/1";
+
+/// Version carried in Hello; a peer with another version is refused with a message.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest frame either side sends or accepts.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Records a session keeps in flight (offered, not yet confirmed) before it stops
+/// scanning for more.
+pub const DEFAULT_WINDOW: usize = 256;
+
+/// Per-record sync states a session keeps in memory; older ones are persisted and
+/// dropped, so a session over 100,000 records stays small.
+const SYNC_STATES_IN_MEMORY: usize = 8192;
+
+/// How many records one scan of the store reads at a time.
+const SCAN_BATCH: usize = 512;
+
+/// What the cursor a peer holds for our store looks like on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// One protocol message; each travels in one length-prefixed frame, encoded with
+/// postcard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Hello {
+        version: u16,
+        epoch: String,
+        unit: String,
+        role: Role,
+        /// The cursor the sender holds for the receiver's store, if any.
+        cursor: Option<Cursor>,
+    },
+    /// An automerge sync message for one record.
+    Sync {
+        record: String,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Everything the sender stored up to `seq` (sender's numbering, sender's epoch) is
+    /// now committed on the receiver. `pending` counts records the sender still has to
+    /// offer, for status pages.
+    Progress {
+        epoch: String,
+        seq: u64,
+        pending: u64,
+    },
+}
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("messages always serialise")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Message, ProtocolError> {
+        if bytes.len() > MAX_FRAME_BYTES {
+            return Err(ProtocolError::FrameTooLarge(bytes.len()));
+        }
+        postcard::from_bytes(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    }
+}
+
+/// Faults that end a session. None of them touches the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("frame of {0} bytes exceeds the limit")]
+    FrameTooLarge(usize),
+    #[error("peer speaks protocol version {0}, this build speaks {PROTOCOL_VERSION}")]
+    Version(u16),
+    #[error("message before hello")]
+    NoHello,
+    #[error("second hello")]
+    DuplicateHello,
+    #[error("peer announced unit {announced} as a {role}, the roster says {expected}")]
+    WrongUnit {
+        announced: String,
+        role: &'static str,
+        expected: String,
+    },
+    #[error("peer announced an unknown unit {0:?}")]
+    UnknownUnit(String),
+    #[error("progress for epoch {0}, but the peer's store is epoch {1}")]
+    WrongEpoch(String, String),
+    #[error("bad record id in a sync message")]
+    BadRecordId,
+    #[error("undecodable automerge sync message for {record}: {reason}")]
+    BadSyncMessage { record: DocId, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counters a session keeps for logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub records_stored: u64,
+    pub changes_refused: u64,
+}
+
+/// One side of a sync session with one peer.
+pub struct Session {
+    peer_id: String,
+    me: Member,
+    /// Known before Hello when the peer is on the roster; from its Hello otherwise.
+    peer: Option<Member>,
+    their_epoch: Option<String>,
+    hello_received: bool,
+    /// Our records up to this seq have been scanned for this peer.
+    scanned: u64,
+    /// Offered and not yet confirmed, by our seq.
+    pending: BTreeMap<u64, DocId>,
+    pending_seq: HashMap<DocId, u64>,
+    states: LruCache<DocId, sync::State>,
+    progress_sent: u64,
+    /// How many records the peer said it still has for us.
+    pending_in: u64,
+    window: usize,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A session with `peer_id`; `peer` is its roster entry, if it has one.
+    pub fn new(me: Member, peer_id: String, peer: Option<Member>) -> Session {
+        Session {
+            peer_id,
+            me,
+            peer,
+            their_epoch: None,
+            hello_received: false,
+            scanned: 0,
+            pending: BTreeMap::new(),
+            pending_seq: HashMap::new(),
+            states: LruCache::new(NonZeroUsize::new(SYNC_STATES_IN_MEMORY).expect("non-zero")),
+            progress_sent: 0,
+            pending_in: 0,
+            window: DEFAULT_WINDOW,
+            stats: SessionStats::default(),
+        }
+    }
+
+    pub fn set_window(&mut self, window: usize) {
+        self.window = window.max(1);
+    }
+
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// The peer's unit and role, once known.
+    pub fn peer(&self) -> Option<&Member> {
+        self.peer.as_ref()
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Records offered to the peer and not yet confirmed.
+    pub fn pending_out(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Records the peer said it still has to offer us.
+    pub fn pending_in(&self) -> u64 {
+        self.pending_in
+    }
+
+    /// Has the initial catch-up in both directions finished (nothing in flight)?
+    pub fn is_idle(&self) -> bool {
+        self.hello_received && self.pending.is_empty() && self.pending_in == 0
+    }
+
+    /// The first message: Hello with the cursor we hold for the peer's store.
+    pub fn start(&mut self, store: &Store) -> Result<Vec<Message>, ProtocolError> {
+        let record = store.peer(&self.peer_id)?;
+        let cursor = record.epoch.map(|epoch| Cursor {
+            epoch,
+            seq: record.cursor,
+        });
+        self.stats.messages_out += 1;
+        Ok(vec![Message::Hello {
+            version: PROTOCOL_VERSION,
+            epoch: store.epoch().to_string(),
+            unit: self.me.unit.to_string(),
+            role: self.me.role,
+            cursor,
+        }])
+    }
+
+    /// Handles one message from the peer. Writes go to `store`; the caller sends the
+    /// returned messages only after the store has committed (see [`Store::batch`]).
+    pub fn handle(
+        &mut self,
+        store: &mut Store,
+        message: Message,
+    ) -> Result<Vec<Message>, ProtocolError> {
+        self.stats.messages_in += 1;
+        let mut out = Vec::new();
+        match message {
+            Message::Hello {
+                version,
+                epoch,
+                unit,
+                role,
+                cursor,
+            } => self.on_hello(store, version, epoch, unit, role, cursor)?,
+            Message::Sync { record, data } => {
+                if !self.hello_received {
+                    return Err(ProtocolError::NoHello);
+                }
+                let id = DocId::parse(&record).map_err(|_| ProtocolError::BadRecordId)?;
+                self.on_sync(store, id, &data, &mut out)?;
+            }
+            Message::Progress {
+                epoch,
+                seq,
+                pending,
+            } => {
+                let theirs = self.their_epoch.clone().ok_or(ProtocolError::NoHello)?;
+                if epoch != theirs {
+                    return Err(ProtocolError::WrongEpoch(epoch, theirs));
+                }
+                store.set_peer_cursor(&self.peer_id, &epoch, seq)?;
+                self.pending_in = pending;
+            }
+        }
+        self.fill(store, &mut out)?;
+        self.progress(store, &mut out)?;
+        self.stats.messages_out += out.len() as u64;
+        Ok(out)
+    }
+
+    /// Offers records changed locally since the last scan.
+    pub fn poll_local(&mut self, store: &mut Store) -> Result<Vec<Message>, ProtocolError> {
+        let mut out = Vec::new();
+        self.fill(store, &mut out)?;
+        self.progress(store, &mut out)?;
+        self.stats.messages_out += out.len() as u64;
+        Ok(out)
+    }
+
+    fn on_hello(
+        &mut self,
+        store: &mut Store,
+        version: u16,
+        epoch: String,
+        unit: String,
+        role: Role,
+        cursor: Option<Cursor>,
+    ) -> Result<(), ProtocolError> {
+        if self.hello_received {
+            return Err(ProtocolError::DuplicateHello);
+        }
+        if version != PROTOCOL_VERSION {
+            return Err(ProtocolError::Version(version));
+        }
+        match &self.peer {
+            Some(member) => {
+                if member.unit.as_str() != unit || member.role != role {
+                    return Err(ProtocolError::WrongUnit {
+                        announced: unit,
+                        role: role.as_str(),
+                        expected: format!("{} ({})", member.unit, member.role.as_str()),
+                    });
+                }
+            }
+            None => {
+                let unit =
+                    UnitCode::parse(&unit).map_err(|_| ProtocolError::UnknownUnit(unit.clone()))?;
+                self.peer = Some(Member { unit, role });
+            }
+        }
+        // A new epoch means the peer's store was re-created: what we knew of it is void.
+        let known = store.peer(&self.peer_id)?;
+        if known.epoch.as_deref() != Some(epoch.as_str()) {
+            store.set_peer_cursor(&self.peer_id, &epoch, 0)?;
+        }
+        // Where to start offering our records: after the cursor the peer holds for us, if
+        // it belongs to this store's epoch and does not claim more than we ever numbered.
+        let max_seq = store.max_seq()?;
+        self.scanned = match cursor {
+            Some(c) if c.epoch == store.epoch() && c.seq <= max_seq => c.seq,
+            _ => 0,
+        };
+        self.progress_sent = self.scanned;
+        self.their_epoch = Some(epoch);
+        self.hello_received = true;
+        tracing::debug!(peer = %short(&self.peer_id), from_seq = self.scanned, "hello received");
+        Ok(())
+    }
+
+    fn peer_member(&self) -> Result<&Member, ProtocolError> {
+        self.peer.as_ref().ok_or(ProtocolError::NoHello)
+    }
+
+    fn state(&mut self, store: &Store, id: &DocId) -> Result<&mut sync::State, ProtocolError> {
+        if !self.states.contains(id) {
+            let state = store.sync_state(&self.peer_id, id)?;
+            if let Some((old_id, old)) = self.states.push(id.clone(), state)
+                && &old_id != id
+            {
+                // Keep what is worth keeping across sessions before forgetting the rest.
+                store_state_later(store, &self.peer_id, &old_id, &old);
+            }
+        }
+        Ok(self.states.get_mut(id).expect("just inserted"))
+    }
+
+    /// Scans our records changed since the last scan and offers those the peer may hold,
+    /// until the window is full.
+    fn fill(&mut self, store: &mut Store, out: &mut Vec<Message>) -> Result<(), ProtocolError> {
+        if !self.hello_received {
+            return Ok(());
+        }
+        let peer = self.peer_member()?.clone();
+        while self.pending.len() < self.window {
+            let batch = store.changed_since(self.scanned, SCAN_BATCH)?;
+            if batch.is_empty() {
+                break;
+            }
+            for meta in batch {
+                self.scanned = meta.seq;
+                if !policy::may_hold(&peer, &meta.header) {
+                    continue;
+                }
+                if let Some(old) = self.pending_seq.insert(meta.id.clone(), meta.seq) {
+                    self.pending.remove(&old);
+                }
+                self.pending.insert(meta.seq, meta.id.clone());
+                self.offer(store, &meta.id, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Generates the next sync message for a record we hold and may show the peer.
+    fn offer(
+        &mut self,
+        store: &mut Store,
+        id: &DocId,
+        out: &mut Vec<Message>,
+    ) -> Result<(), ProtocolError> {
+        let Some(doc) = store.take(id)? else {
+            self.delivered(id);
+            return Ok(());
+        };
+        let result = self.offer_doc(store, id, &doc, out);
+        store.untake(id.clone(), doc);
+        result
+    }
+
+    fn offer_doc(
+        &mut self,
+        store: &Store,
+        id: &DocId,
+        doc: &Automerge,
+        out: &mut Vec<Message>,
+    ) -> Result<(), ProtocolError> {
+        let state = self.state(store, id)?;
+        let message = generate(doc, state, id)?;
+        let heads_equal = state.their_heads.as_deref() == Some(&doc.get_heads()[..]);
+        if let Some(m) = message {
+            out.push(Message::Sync {
+                record: id.to_string(),
+                data: m.encode(),
+            });
+        }
+        if heads_equal {
+            self.delivered(id);
+        }
+        Ok(())
+    }
+
+    fn delivered(&mut self, id: &DocId) {
+        if let Some(seq) = self.pending_seq.remove(id) {
+            self.pending.remove(&seq);
+        }
+    }
+
+    fn on_sync(
+        &mut self,
+        store: &mut Store,
+        id: DocId,
+        data: &[u8],
+        out: &mut Vec<Message>,
+    ) -> Result<(), ProtocolError> {
+        let message = sync::Message::decode(data).map_err(|e| ProtocolError::BadSyncMessage {
+            record: id.clone(),
+            reason: e.to_string(),
+        })?;
+        let peer = self.peer_member()?.clone();
+
+        // What we hold, as far as this peer may know: a record it may not see is treated
+        // exactly like one we do not have, and nothing it sends for it is kept.
+        let (mut doc, before_header, visible) = match store.take(&id)? {
+            Some(doc) => {
+                let header = model::read_header(&doc).ok();
+                if header.as_ref().is_some_and(|h| policy::may_hold(&peer, h)) {
+                    (doc, header, true)
+                } else {
+                    store.untake(id.clone(), doc);
+                    (Automerge::new(), None, false)
+                }
+            }
+            None => (Automerge::new(), None, true),
+        };
+        let existed = before_header.is_some();
+        let before = doc.get_heads();
+        let state = self.state(store, &id)?;
+        let received = catch_unwind(AssertUnwindSafe(|| {
+            doc.receive_sync_message(state, message)
+        }));
+        match received {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(ProtocolError::BadSyncMessage {
+                    record: id,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(ProtocolError::BadSyncMessage {
+                    record: id,
+                    reason: "automerge panicked on this message".into(),
+                });
+            }
+        }
+
+        let changed = doc.get_heads() != before;
+        let mut keep = visible;
+        if changed && visible {
+            let verdict = model::read_header(&doc)
+                .map_err(|e| e.to_string())
+                .and_then(|after| {
+                    policy::may_accept(&self.me, &peer, before_header.as_ref(), &after)
+                        .map_err(|r| r.to_string())
+                });
+            if let Err(reason) = verdict {
+                // A change we refuse is dropped whole; the stored record is untouched and
+                // the next access reloads it. The session goes on: the refusal may be an
+                // honest race with an audience change.
+                tracing::warn!(peer = %short(&self.peer_id), record = %id, %reason,
+                    "refused a change from a peer");
+                self.stats.changes_refused += 1;
+                keep = false;
+            }
+        } else if changed {
+            self.stats.changes_refused += 1;
+        }
+
+        // The document to answer from, and whether it belongs back in the store's cache.
+        let (reply_doc, stored) = if keep && changed {
+            store.put(&id, doc, &before)?;
+            self.stats.records_stored += 1;
+            let state = self.state(store, &id)?.clone();
+            store.save_sync_state(&self.peer_id, &id, &state)?;
+            (store.take(&id)?.unwrap_or_default(), true)
+        } else if keep && existed {
+            (doc, true)
+        } else if existed {
+            // A refused change to a record we hold: answer from the stored version; the
+            // peer's changes are dropped with `doc`.
+            drop(doc);
+            (store.take(&id)?.unwrap_or_default(), true)
+        } else {
+            (doc, false)
+        };
+
+        let result = (|| {
+            let state = self.state(store, &id)?;
+            let reply = generate(&reply_doc, state, &id)?;
+            let in_sync = state.their_heads.as_deref() == Some(&reply_doc.get_heads()[..]);
+            if let Some(reply) = reply {
+                out.push(Message::Sync {
+                    record: id.to_string(),
+                    data: reply.encode(),
+                });
+            }
+            if in_sync && keep {
+                self.delivered(&id);
+            }
+            Ok(())
+        })();
+        if stored {
+            store.untake(id, reply_doc);
+        }
+        result
+    }
+
+    /// Sends Progress when every record up to a higher seq than last said is delivered.
+    fn progress(&mut self, store: &mut Store, out: &mut Vec<Message>) -> Result<(), ProtocolError> {
+        if !self.hello_received {
+            return Ok(());
+        }
+        let acked = match self.pending.first_key_value() {
+            Some((seq, _)) => seq - 1,
+            None => self.scanned,
+        };
+        if acked > self.progress_sent {
+            self.progress_sent = acked;
+            store.set_delivered(&self.peer_id, acked)?;
+            out.push(Message::Progress {
+                epoch: store.epoch().to_string(),
+                seq: acked,
+                pending: self.pending.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Persists the durable part of every sync state held in memory; call at session end.
+    pub fn persist_states(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        for (id, state) in self.states.iter() {
+            store.save_sync_state(&self.peer_id, id, state)?;
+        }
+        Ok(())
+    }
+}
+
+fn store_state_later(store: &Store, peer: &str, id: &DocId, state: &sync::State) {
+    if let Err(e) = store.save_sync_state(peer, id, state) {
+        tracing::debug!(error = %e, "could not persist an evicted sync state");
+    }
+}
+
+/// automerge's generator, with a panic (which a malformed earlier message from the peer
+/// could provoke) turned into an error that ends only this session.
+fn generate(
+    doc: &Automerge,
+    state: &mut sync::State,
+    id: &DocId,
+) -> Result<Option<sync::Message>, ProtocolError> {
+    catch_unwind(AssertUnwindSafe(|| doc.generate_sync_message(state))).map_err(|_| {
+        ProtocolError::BadSyncMessage {
+            record: id.clone(),
+            reason: "automerge panicked generating a reply".into(),
+        }
+    })
+}
+
+/// The short form of a node id used in logs.
+pub fn short(id: &str) -> &str {
+    id.get(..10).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+//! The protocol between in-memory stores, with messages carried by hand.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::model::{DocumentPatch, Header, Kind};
+
+struct Side {
+    id: String,
+    store: Store,
+    session: Session,
+    inbox: VecDeque<Message>,
+}
+
+fn member(unit: &str, role: Role) -> Member {
+    Member {
+        unit: UnitCode::parse(unit).unwrap(),
+        role,
+    }
+}
+
+fn side(id: &str, me: Member, peer_id: &str) -> Side {
+    Side {
+        id: id.into(),
+        store: Store::in_memory(me.unit.as_str()).unwrap(),
+        session: Session::new(me, peer_id.into(), None),
+        inbox: VecDeque::new(),
+    }
+}
+
+fn restart_session(s: &mut Side, me: Member, peer_id: &str) {
+    s.session = Session::new(me, peer_id.into(), None);
+    s.inbox.clear();
+}
+
+/// Starts both sessions and carries messages until both sides go quiet. Returns how many
+/// messages crossed; panics if they never stop (a loop).
+fn run(a: &mut Side, b: &mut Side) -> usize {
+    b.inbox.extend(a.session.start(&a.store).unwrap());
+    a.inbox.extend(b.session.start(&b.store).unwrap());
+    pump(a, b)
+}
+
+fn pump(a: &mut Side, b: &mut Side) -> usize {
+    let mut crossed = 0;
+    for _ in 0..10_000 {
+        let moved = step(a, b) | step(b, a);
+        crossed += moved as usize;
+        if !moved && a.inbox.is_empty() && b.inbox.is_empty() {
+            return crossed;
+        }
+    }
+    panic!("the sessions never went quiet: a message loop");
+}
+
+/// Lets `from` look at its store and handle one message from its inbox; what it sends
+/// lands in `to`'s inbox. Returns whether a message was handled.
+fn step(from: &mut Side, to: &mut Side) -> bool {
+    let out = from.session.poll_local(&mut from.store).unwrap();
+    to.inbox.extend(out);
+    let Some(m) = from.inbox.pop_front() else {
+        return false;
+    };
+    // Every message survives a trip through its wire encoding.
+    let m = Message::decode(&m.encode()).unwrap();
+    let out = from.store.batch(|s| from.session.handle(s, m)).unwrap();
+    to.inbox.extend(out);
+    true
+}
+
+fn header(unit: &str, audience: &[&str]) -> Header {
+    Header {
+        kind: Kind::Document,
+        unit: unit.into(),
+        audience: audience.iter().map(|s| s.to_string()).collect(),
+        created_by: "test".into(),
+        created_at: model::now_vietnam(),
+        confidential: false,
+    }
+}
+
+fn create(store: &mut Store, h: &Header, subject: &str) -> DocId {
+    let id = DocId::new();
+    let doc = model::create_document(
+        h,
+        &DocumentPatch {
+            subject: Some(subject.into()),
+            body: Some(format!("Nội dung của {subject}")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    store.put(&id, doc, &[]).unwrap();
+    id
+}
+
+fn json(store: &mut Store, id: &DocId) -> serde_json::Value {
+    model::to_json(id, store.get(id).unwrap().expect("record present")).unwrap()
+}
+
+const A: &str = "18562";
+const B: &str = "18568";
+const CLUSTER: &str = "42-445";
+
+#[test]
+fn two_nodes_exchange_shared_records_and_keep_private_ones() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let shared = create(&mut a.store, &header(A, &[A, B]), "chung");
+    let own = create(&mut a.store, &header(A, &[]), "riêng");
+    let from_b = create(&mut b.store, &header(B, &[A]), "từ B");
+    run(&mut a, &mut b);
+    assert_eq!(json(&mut a.store, &shared), json(&mut b.store, &shared));
+    assert_eq!(json(&mut a.store, &from_b), json(&mut b.store, &from_b));
+    assert!(!b.store.contains(&own).unwrap());
+    assert_eq!(b.store.count().unwrap(), 2);
+    assert_eq!(a.store.count().unwrap(), 3);
+    assert!(a.session.is_idle() && b.session.is_idle());
+}
+
+#[test]
+fn concurrent_edits_merge_and_converge_to_identical_heads() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let id = create(&mut a.store, &header(A, &[A, B]), "gốc");
+    run(&mut a, &mut b);
+
+    a.store
+        .modify(&id, |d| {
+            model::update_document(
+                d,
+                &DocumentPatch {
+                    subject: Some("sửa ở A".into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    b.store
+        .modify(&id, |d| model::splice_body(d, 0, 0, "B viết thêm. "))
+        .unwrap();
+    restart_session(&mut a, member(A, Role::Node), "b");
+    restart_session(&mut b, member(B, Role::Node), "a");
+    run(&mut a, &mut b);
+    let ja = json(&mut a.store, &id);
+    assert_eq!(ja, json(&mut b.store, &id));
+    assert_eq!(ja["subject"], "sửa ở A");
+    assert!(ja["body"].as_str().unwrap().starts_with("B viết thêm. "));
+    assert_eq!(ja["heads"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_reconnect_offers_only_what_changed_since_the_cursor() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let ids: Vec<DocId> = (0..50)
+        .map(|i| create(&mut a.store, &header(A, &[B]), &format!("văn bản {i}")))
+        .collect();
+    run(&mut a, &mut b);
+    assert_eq!(b.store.count().unwrap(), 50);
+
+    a.store
+        .modify(&ids[7], |d| model::splice_body(d, 0, 0, "mới "))
+        .unwrap();
+    restart_session(&mut a, member(A, Role::Node), "b");
+    restart_session(&mut b, member(B, Role::Node), "a");
+    let crossed = run(&mut a, &mut b);
+    // Two hellos, a few messages for the one changed record, progress: far fewer than 50.
+    assert!(crossed < 12, "{crossed} messages for one changed record");
+    assert_eq!(json(&mut a.store, &ids[7]), json(&mut b.store, &ids[7]));
+}
+
+#[test]
+fn a_peer_whose_store_was_wiped_gets_everything_back() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    for i in 0..20 {
+        create(&mut a.store, &header(A, &[B]), &format!("vb {i}"));
+    }
+    run(&mut a, &mut b);
+    // B loses its store and starts with a new epoch; A still holds B's old cursor.
+    b.store = Store::in_memory(B).unwrap();
+    restart_session(&mut a, member(A, Role::Node), "b");
+    restart_session(&mut b, member(B, Role::Node), "a");
+    run(&mut a, &mut b);
+    assert_eq!(b.store.count().unwrap(), 20);
+}
+
+#[test]
+fn a_relay_carries_records_between_nodes_that_never_meet() {
+    // A ↔ R, then R ↔ B: A and B are never connected at the same time.
+    let relay = member(CLUSTER, Role::Relay);
+    let mut a = side("a", member(A, Role::Node), "r");
+    let mut r_for_a = side("r", relay.clone(), "a");
+    let id = create(&mut a.store, &header(A, &[A, B]), "qua relay");
+    let own = create(&mut a.store, &header(A, &[]), "chỉ A");
+    run(&mut a, &mut r_for_a);
+    assert!(r_for_a.store.contains(&id).unwrap());
+    assert!(!r_for_a.store.contains(&own).unwrap());
+
+    let mut r_for_b = Side {
+        id: "r".into(),
+        store: r_for_a.store,
+        session: Session::new(relay, "b".into(), None),
+        inbox: VecDeque::new(),
+    };
+    let mut b = side("b", member(B, Role::Node), "r");
+    run(&mut r_for_b, &mut b);
+    assert_eq!(json(&mut r_for_b.store, &id)["subject"], "qua relay");
+    assert_eq!(json(&mut b.store, &id)["subject"], "qua relay");
+}
+
+#[test]
+fn a_peer_cannot_write_into_a_record_of_a_unit_it_does_not_belong_to() {
+    // B forges a record owned by A's unit, visible to A only.
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let forged = create(&mut b.store, &header(A, &[A]), "giả mạo");
+    // B's own policy would never offer it; push it by hand as a hostile peer would.
+    b.inbox.extend(a.session.start(&a.store).unwrap());
+    a.inbox.extend(b.session.start(&b.store).unwrap());
+    pump(&mut a, &mut b);
+    let doc = b.store.get(&forged).unwrap().unwrap().clone();
+    let mut state = sync::State::new();
+    let mut hostile = Session::new(member(B, Role::Node), "a".into(), None);
+    let mut out = Vec::new();
+    // Walk the automerge exchange by hand, always answering as B would.
+    let mut to_a = vec![Message::Sync {
+        record: forged.to_string(),
+        data: doc.generate_sync_message(&mut state).unwrap().encode(),
+    }];
+    for _ in 0..6 {
+        for m in to_a.drain(..) {
+            out.extend(a.store.batch(|s| a.session.handle(s, m)).unwrap());
+        }
+        for m in out.drain(..) {
+            if let Message::Sync { data, .. } = m {
+                let mut d = doc.clone();
+                d.receive_sync_message(&mut state, sync::Message::decode(&data).unwrap())
+                    .unwrap();
+                if let Some(reply) = d.generate_sync_message(&mut state) {
+                    to_a.push(Message::Sync {
+                        record: forged.to_string(),
+                        data: reply.encode(),
+                    });
+                }
+            }
+        }
+    }
+    let _ = hostile.poll_local(&mut b.store);
+    assert!(!a.store.contains(&forged).unwrap());
+    assert!(a.session.stats().changes_refused >= 1);
+}
+
+#[test]
+fn garbage_ends_the_session_without_touching_the_store() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let before = a.store.count().unwrap();
+    assert!(Message::decode(&[0xff, 0xff, 0xff]).is_err());
+    let r = a.store.batch(|s| {
+        a.session.handle(
+            s,
+            Message::Sync {
+                record: DocId::new().to_string(),
+                data: vec![1, 2, 3],
+            },
+        )
+    });
+    assert!(matches!(r, Err(ProtocolError::NoHello)));
+    let hello = Message::Hello {
+        version: PROTOCOL_VERSION,
+        epoch: "e".into(),
+        unit: B.into(),
+        role: Role::Node,
+        cursor: None,
+    };
+    a.store
+        .batch(|s| a.session.handle(s, hello.clone()))
+        .unwrap();
+    let r = a.store.batch(|s| {
+        a.session.handle(
+            s,
+            Message::Sync {
+                record: DocId::new().to_string(),
+                data: vec![0x42, 9, 9, 9],
+            },
+        )
+    });
+    assert!(matches!(r, Err(ProtocolError::BadSyncMessage { .. })));
+    let r = a.store.batch(|s| {
+        a.session.handle(
+            s,
+            Message::Sync {
+                record: "../etc".into(),
+                data: vec![],
+            },
+        )
+    });
+    assert!(matches!(r, Err(ProtocolError::BadRecordId)));
+    assert!(matches!(
+        a.store.batch(|s| a.session.handle(s, hello)),
+        Err(ProtocolError::DuplicateHello)
+    ));
+    assert_eq!(a.store.count().unwrap(), before);
+    let _ = a.id;
+}

@@ -1,0 +1,858 @@
+//! Durable storage of records in SQLite, with a bounded cache of loaded documents.
+//!
+//! Each record is kept as a compressed automerge snapshot plus the incremental change
+//! chunks appended since; when the chunks outgrow the snapshot they are folded into a new
+//! snapshot in the same transaction. Every stored change gets a local sequence number
+//! (`seq`), which is what sync cursors point at: "everything this store had up to seq N".
+//!
+//! Durability: the database runs in WAL mode with `synchronous=FULL`, and a write returns
+//! only after the transaction holding it has committed, so an acknowledged write survives
+//! a crash or power cut.
+//!
+//! Sequence numbers are `max(previous + 1, microseconds since 1970)`. A store restored
+//! from a backup therefore hands out numbers above any a peer saw before the restore
+//! (assuming its clock is not behind the backup's), so a peer's cursor never hides the
+//! changes made after a restore.
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::path::Path;
+
+use automerge::sync;
+use automerge::{Automerge, ChangeHash};
+use lru::LruCache;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value as Json;
+use tokio::sync::watch;
+
+use crate::model::{self, DocId, Header, Kind, ModelError};
+
+/// How many loaded documents the cache keeps by default.
+pub const DEFAULT_CACHE_DOCUMENTS: usize = 256;
+
+/// Below this size chunks are never folded into the snapshot: rewriting a snapshot costs
+/// more than keeping a few small chunks.
+const MIN_COMPACTION_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("record {0} not found")]
+    NotFound(DocId),
+    #[error("record {id} is stored but cannot be loaded: {source}")]
+    Corrupt {
+        id: DocId,
+        source: automerge::AutomergeError,
+    },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("the store at {path} has not been initialised: run `init` first")]
+    NotInitialised { path: String },
+    #[error("the store's metadata is damaged: {0}")]
+    BadMeta(String),
+}
+
+/// A store's identity: a random id created with it. A different epoch for a known peer
+/// means its store was wiped or re-created, so old cursors no longer mean anything.
+pub type Epoch = String;
+
+/// What the store knows of a record without loading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub id: DocId,
+    pub seq: u64,
+    pub header: Header,
+    pub deleted: bool,
+}
+
+/// The cursor this store holds for a peer's store, and what it told that peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// The peer's epoch when the cursor was recorded.
+    pub epoch: Option<Epoch>,
+    /// Everything the peer stored up to this seq (in its numbering) is here.
+    pub cursor: u64,
+    /// Everything of ours up to this seq (in our numbering) is known to be on the peer.
+    pub delivered: u64,
+    pub last_sync: Option<String>,
+}
+
+/// Store-wide settings kept in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreInfo {
+    pub epoch: Epoch,
+    pub unit: String,
+    pub name: String,
+}
+
+pub struct Store {
+    conn: Connection,
+    cache: LruCache<DocId, Automerge>,
+    info: StoreInfo,
+    changed: watch::Sender<u64>,
+    /// Nesting depth of `batch`; writes inside a batch share its transaction.
+    batch_depth: u32,
+    /// Records written inside the open batch, dropped from the cache if it rolls back.
+    batch_touched: HashSet<DocId>,
+    batch_max_seq: u64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    audience TEXT NOT NULL,
+    confidential INTEGER NOT NULL,
+    target TEXT,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL,
+    snapshot BLOB NOT NULL,
+    snapshot_bytes INTEGER NOT NULL,
+    chunk_bytes INTEGER NOT NULL DEFAULT 0,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_seq ON records(seq);
+CREATE INDEX IF NOT EXISTS records_target ON records(target) WHERE target IS NOT NULL;
+CREATE TABLE IF NOT EXISTS chunks (
+    record TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (record, n)
+);
+CREATE TABLE IF NOT EXISTS peers (
+    peer TEXT PRIMARY KEY,
+    epoch TEXT,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    last_sync TEXT
+);
+CREATE TABLE IF NOT EXISTS sync_states (
+    peer TEXT NOT NULL,
+    record TEXT NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (peer, record)
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
+    record UNINDEXED, text, tokenize = 'unicode61 remove_diacritics 2'
+);
+";
+
+impl Store {
+    /// Creates a new store (or opens an existing one without changing it).
+    pub fn create(path: &Path, unit: &str, name: &str) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::configure(&conn)?;
+        let epoch = hex::encode(uuid::Uuid::new_v4().as_bytes());
+        for (k, v) in [("epoch", epoch.as_str()), ("unit", unit), ("name", name)] {
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                params![k, v],
+            )?;
+        }
+        Self::from_conn(conn, path)
+    }
+
+    /// Opens an initialised store.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::NotInitialised {
+                path: path.display().to_string(),
+            });
+        }
+        let conn = Connection::open(path)?;
+        Self::configure(&conn)?;
+        Self::from_conn(conn, path)
+    }
+
+    /// A throw-away store, for tests and simulations.
+    pub fn in_memory(unit: &str) -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        let epoch = hex::encode(uuid::Uuid::new_v4().as_bytes());
+        for (k, v) in [("epoch", epoch.as_str()), ("unit", unit), ("name", unit)] {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                params![k, v],
+            )?;
+        }
+        Self::from_conn(conn, Path::new(":memory:"))
+    }
+
+    fn configure(conn: &Connection) -> Result<(), StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(())
+    }
+
+    fn from_conn(conn: Connection, path: &Path) -> Result<Store, StoreError> {
+        let get = |k: &str| -> Result<Option<String>, StoreError> {
+            Ok(conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+                .optional()?)
+        };
+        let (Some(epoch), Some(unit), Some(name)) = (get("epoch")?, get("unit")?, get("name")?)
+        else {
+            return Err(StoreError::NotInitialised {
+                path: path.display().to_string(),
+            });
+        };
+        let max_seq: u64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM records", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64;
+        let (changed, _) = watch::channel(max_seq);
+        Ok(Store {
+            conn,
+            cache: LruCache::new(NonZeroUsize::new(DEFAULT_CACHE_DOCUMENTS).expect("non-zero")),
+            info: StoreInfo { epoch, unit, name },
+            changed,
+            batch_depth: 0,
+            batch_touched: HashSet::new(),
+            batch_max_seq: 0,
+        })
+    }
+
+    /// Bounds how many loaded documents stay in memory.
+    pub fn set_cache_capacity(&mut self, documents: usize) {
+        self.cache
+            .resize(NonZeroUsize::new(documents.max(1)).expect("at least one"));
+    }
+
+    pub fn info(&self) -> &StoreInfo {
+        &self.info
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.info.epoch
+    }
+
+    /// Wakes whoever waits for new local changes (sync sessions); carries the latest seq.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The highest seq handed out so far.
+    pub fn max_seq(&self) -> Result<u64, StoreError> {
+        let last: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(last.and_then(|s| s.parse().ok()).unwrap_or(0))
+    }
+
+    /// Runs `f` inside one transaction: every write it makes commits together (one disk
+    /// sync), or none does.
+    pub fn batch<R, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&mut Store) -> Result<R, E>,
+    ) -> Result<R, E> {
+        self.begin().map_err(E::from)?;
+        match f(self) {
+            Ok(r) => {
+                self.commit().map_err(E::from)?;
+                Ok(r)
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        if self.batch_depth == 0 {
+            // IMMEDIATE takes the write lock at once, so two processes sharing a store
+            // (a server and an import) never interleave sequence numbers.
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.batch_touched.clear();
+            self.batch_max_seq = 0;
+        }
+        self.batch_depth += 1;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.batch_depth -= 1;
+        if self.batch_depth == 0 {
+            if let Err(e) = self.conn.execute_batch("COMMIT") {
+                self.batch_depth = 1;
+                self.rollback();
+                return Err(e.into());
+            }
+            self.batch_touched.clear();
+            if self.batch_max_seq > 0 {
+                self.changed.send_replace(self.batch_max_seq);
+            }
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self) {
+        self.batch_depth -= 1;
+        if self.batch_depth == 0 {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "rollback failed");
+            }
+            for id in self.batch_touched.drain() {
+                self.cache.pop(&id);
+            }
+        }
+    }
+
+    fn next_seq(&mut self) -> Result<u64, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let seq = (self.max_seq()? + 1).max(now);
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [seq.to_string()],
+        )?;
+        self.batch_max_seq = self.batch_max_seq.max(seq);
+        Ok(seq)
+    }
+
+    pub fn contains(&self, id: &DocId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM records WHERE id = ?1", [id.as_str()], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
+    /// The loaded document, from the cache or the database.
+    pub fn get(&mut self, id: &DocId) -> Result<Option<&Automerge>, StoreError> {
+        if !self.cache.contains(id) {
+            match self.load(id)? {
+                Some(doc) => {
+                    self.cache.put(id.clone(), doc);
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(self.cache.get(id))
+    }
+
+    /// Takes a document out of the cache (loading it if needed) for modification; give it
+    /// back with [`Store::put`].
+    pub fn take(&mut self, id: &DocId) -> Result<Option<Automerge>, StoreError> {
+        match self.cache.pop(id) {
+            Some(doc) => Ok(Some(doc)),
+            None => self.load(id),
+        }
+    }
+
+    /// Puts a document back into the cache without writing it (it was not changed).
+    pub fn untake(&mut self, id: DocId, doc: Automerge) {
+        self.cache.put(id, doc);
+    }
+
+    fn load(&self, id: &DocId) -> Result<Option<Automerge>, StoreError> {
+        let snapshot: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT snapshot FROM records WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(snapshot) = snapshot else {
+            return Ok(None);
+        };
+        let corrupt = |source| StoreError::Corrupt {
+            id: id.clone(),
+            source,
+        };
+        let mut doc = Automerge::load(&snapshot)
+            .map_err(corrupt)?
+            .with_actor(model::process_actor());
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT data FROM chunks WHERE record = ?1 ORDER BY n")?;
+        let chunks = stmt.query_map([id.as_str()], |r| r.get::<_, Vec<u8>>(0))?;
+        for chunk in chunks {
+            doc.load_incremental(&chunk?).map_err(corrupt)?;
+        }
+        Ok(Some(doc))
+    }
+
+    /// Modifies a record in place and stores the change; `f` runs on the loaded document.
+    /// Returns `f`'s result and the new seq (`None` if nothing changed).
+    pub fn modify<R>(
+        &mut self,
+        id: &DocId,
+        f: impl FnOnce(&mut Automerge) -> Result<R, ModelError>,
+    ) -> Result<(R, Option<u64>), StoreError> {
+        let mut doc = self
+            .take(id)?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        let before = doc.get_heads();
+        // On any error the modified copy is dropped; the next access reloads the stored one.
+        let r = f(&mut doc)?;
+        let seq = self.put(id, doc, &before)?;
+        Ok((r, seq))
+    }
+
+    /// Stores `doc` under `id`: as a new record, or as the changes made since `before`
+    /// (the heads it had when it was taken). Returns the new seq, `None` if unchanged.
+    pub fn put(
+        &mut self,
+        id: &DocId,
+        doc: Automerge,
+        before: &[ChangeHash],
+    ) -> Result<Option<u64>, StoreError> {
+        let exists = self.contains(id)?;
+        if exists && doc.get_heads() == before {
+            self.cache.put(id.clone(), doc);
+            return Ok(None);
+        }
+        let header = model::read_header(&doc)?;
+        let json = model::to_json(id, &doc)?;
+        let deleted = model::is_deleted(&doc);
+        let target = (header.kind == Kind::Annotation)
+            .then(|| model::annotation_target(&doc).map(|t| t.to_string()))
+            .flatten();
+
+        self.begin()?;
+        self.batch_touched.insert(id.clone());
+        let result = (|| -> Result<u64, StoreError> {
+            let seq = self.next_seq()?;
+            let audience = serde_json::to_string(&header.audience).expect("strings serialise");
+            if exists {
+                let chunk = doc.save_after(before);
+                let (snapshot_bytes, chunk_bytes): (i64, i64) = self.conn.query_row(
+                    "SELECT snapshot_bytes, chunk_bytes FROM records WHERE id = ?1",
+                    [id.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                let chunk_bytes = chunk_bytes as usize + chunk.len();
+                if chunk_bytes > MIN_COMPACTION_BYTES && chunk_bytes > snapshot_bytes as usize {
+                    let snapshot = doc.save();
+                    self.conn
+                        .execute("DELETE FROM chunks WHERE record = ?1", [id.as_str()])?;
+                    self.conn.execute(
+                        "UPDATE records SET snapshot = ?2, snapshot_bytes = ?3, chunk_bytes = 0
+                         WHERE id = ?1",
+                        params![id.as_str(), snapshot, snapshot.len() as i64],
+                    )?;
+                } else {
+                    self.conn.execute(
+                        "INSERT INTO chunks (record, n, data) VALUES (?1,
+                           (SELECT COALESCE(MAX(n), 0) + 1 FROM chunks WHERE record = ?1), ?2)",
+                        params![id.as_str(), chunk],
+                    )?;
+                    self.conn.execute(
+                        "UPDATE records SET chunk_bytes = ?2 WHERE id = ?1",
+                        params![id.as_str(), chunk_bytes as i64],
+                    )?;
+                }
+                self.conn.execute(
+                    "UPDATE records SET kind = ?2, unit = ?3, audience = ?4, confidential = ?5,
+                       target = ?6, deleted = ?7, seq = ?8, json = ?9 WHERE id = ?1",
+                    params![
+                        id.as_str(),
+                        header.kind.as_str(),
+                        header.unit,
+                        audience,
+                        header.confidential,
+                        target,
+                        deleted,
+                        seq as i64,
+                        json.to_string()
+                    ],
+                )?;
+            } else {
+                let snapshot = doc.save();
+                self.conn.execute(
+                    "INSERT INTO records (id, kind, unit, audience, confidential, target, deleted,
+                       seq, snapshot, snapshot_bytes, json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    params![
+                        id.as_str(),
+                        header.kind.as_str(),
+                        header.unit,
+                        audience,
+                        header.confidential,
+                        target,
+                        deleted,
+                        seq as i64,
+                        snapshot,
+                        snapshot.len() as i64,
+                        json.to_string()
+                    ],
+                )?;
+            }
+            self.index_for_search(id, &json)?;
+            Ok(seq)
+        })();
+        match result {
+            Ok(seq) => {
+                self.commit()?;
+                self.cache.put(id.clone(), doc);
+                Ok(Some(seq))
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn index_for_search(&self, id: &DocId, json: &Json) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM search WHERE record = ?1", [id.as_str()])?;
+        if json["kind"] != "document" {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for key in ["number", "notation", "type", "subject", "issuer", "body"] {
+            if let Some(s) = json[key].as_str() {
+                text.push_str(s);
+                text.push('\n');
+            }
+        }
+        self.conn.execute(
+            "INSERT INTO search (record, text) VALUES (?1, ?2)",
+            params![id.as_str(), fold_for_search(&text)],
+        )?;
+        Ok(())
+    }
+
+    /// Records changed after `after`, oldest change first, with what the policy needs.
+    pub fn changed_since(&self, after: u64, limit: usize) -> Result<Vec<RecordMeta>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, seq, kind, unit, audience, confidential, deleted FROM records
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, bool>(5)?,
+                r.get::<_, bool>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, seq, kind, unit, audience, confidential, deleted) = row?;
+            let bad = |what: &str| StoreError::BadMeta(format!("record {id}: {what}"));
+            out.push(RecordMeta {
+                id: DocId::parse(&id).map_err(|_| bad("id"))?,
+                seq: seq as u64,
+                header: Header {
+                    kind: Kind::parse(&kind).ok_or_else(|| bad("kind"))?,
+                    unit,
+                    audience: serde_json::from_str(&audience).map_err(|_| bad("audience"))?,
+                    created_by: String::new(),
+                    created_at: String::new(),
+                    confidential,
+                },
+                deleted,
+            });
+        }
+        Ok(out)
+    }
+
+    /// How many records the store holds.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    /// A page of records of one kind as JSON, ordered by id; `after` is the last id of the
+    /// previous page. `query` keeps only documents matching a full-text search.
+    pub fn list(
+        &self,
+        kind: Kind,
+        query: Option<&str>,
+        after: Option<&DocId>,
+        limit: usize,
+        include_deleted: bool,
+    ) -> Result<Vec<Json>, StoreError> {
+        let after = after.map(DocId::as_str).unwrap_or("");
+        let match_expr = query.map(fts_query).filter(|q| !q.is_empty());
+        let sql = format!(
+            "SELECT json FROM records WHERE kind = ?1 AND id > ?2 AND (?3 OR deleted = 0) {}
+             ORDER BY id LIMIT ?4",
+            if match_expr.is_some() {
+                "AND id IN (SELECT record FROM search WHERE search MATCH ?5)"
+            } else {
+                "AND ?5 IS NULL"
+            }
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            params![
+                kind.as_str(),
+                after,
+                include_deleted,
+                limit as i64,
+                match_expr
+            ],
+            |r| r.get::<_, String>(0),
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let text = row?;
+            out.push(
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::BadMeta(format!("stored JSON: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Ids of the annotations that point at `target`.
+    pub fn annotations_of(&self, target: &DocId) -> Result<Vec<DocId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM records WHERE target = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([target.as_str()], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(DocId::parse(&row?)?);
+        }
+        Ok(out)
+    }
+
+    pub fn peer(&self, peer: &str) -> Result<PeerRecord, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT epoch, cursor, delivered, last_sync FROM peers WHERE peer = ?1",
+                [peer],
+                |r| {
+                    Ok(PeerRecord {
+                        epoch: r.get(0)?,
+                        cursor: r.get::<_, i64>(1)? as u64,
+                        delivered: r.get::<_, i64>(2)? as u64,
+                        last_sync: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// Every peer this store has synced with.
+    pub fn peers(&self) -> Result<Vec<(String, PeerRecord)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT peer FROM peers ORDER BY peer")?;
+        let ids: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        ids.into_iter()
+            .map(|id| Ok((id.clone(), self.peer(&id)?)))
+            .collect()
+    }
+
+    /// Records that the peer's store (epoch `epoch`) has been received up to `cursor`.
+    pub fn set_peer_cursor(
+        &mut self,
+        peer: &str,
+        epoch: &str,
+        cursor: u64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO peers (peer, epoch, cursor, last_sync) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(peer) DO UPDATE SET epoch = excluded.epoch, cursor = excluded.cursor,
+               last_sync = excluded.last_sync",
+            params![peer, epoch, cursor as i64, model::now_vietnam()],
+        )?;
+        Ok(())
+    }
+
+    /// Records that everything of ours up to `seq` is on the peer.
+    pub fn set_delivered(&mut self, peer: &str, seq: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO peers (peer, delivered, last_sync) VALUES (?1, ?2, ?3)
+             ON CONFLICT(peer) DO UPDATE SET delivered = excluded.delivered,
+               last_sync = excluded.last_sync",
+            params![peer, seq as i64, model::now_vietnam()],
+        )?;
+        Ok(())
+    }
+
+    /// The persisted part of the automerge sync state with `peer` for one record.
+    pub fn sync_state(&self, peer: &str, id: &DocId) -> Result<sync::State, StoreError> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT state FROM sync_states WHERE peer = ?1 AND record = ?2",
+                params![peer, id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        // A state that does not decode is only an optimisation lost: start afresh.
+        Ok(bytes
+            .and_then(|b| sync::State::decode(&b).ok())
+            .unwrap_or_default())
+    }
+
+    pub fn save_sync_state(
+        &self,
+        peer: &str,
+        id: &DocId,
+        state: &sync::State,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO sync_states (peer, record, state) VALUES (?1, ?2, ?3)
+             ON CONFLICT(peer, record) DO UPDATE SET state = excluded.state",
+            params![peer, id.as_str(), state.encode()],
+        )?;
+        Ok(())
+    }
+}
+
+/// Folds text for search so that `quyet dinh` finds `Quyết định`: the FTS5 tokenizer
+/// removes combining diacritics, but `đ` is a letter of its own in Unicode, so it is
+/// folded to `d` here, before indexing and before querying.
+pub fn fold_for_search(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            'đ' | 'Đ' => 'd',
+            c => c,
+        })
+        .collect()
+}
+
+/// Turns what a clerk typed into an FTS5 expression: every word must match, as a prefix
+/// of a word in the text. Quotes keep FTS5 syntax characters from being interpreted.
+fn fts_query(q: &str) -> String {
+    fold_for_search(q)
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("\"{w}\"*"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DocumentPatch;
+
+    fn header() -> Header {
+        Header {
+            kind: Kind::Document,
+            unit: "18562".into(),
+            audience: vec!["18562".into()],
+            created_by: "t".into(),
+            created_at: model::now_vietnam(),
+            confidential: false,
+        }
+    }
+
+    fn new_doc(body: &str) -> Automerge {
+        model::create_document(
+            &header(),
+            &DocumentPatch {
+                subject: Some("Quyết định về đê điều".into()),
+                body: Some(body.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn records_survive_reopening_with_their_chunks_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let id = DocId::new();
+        let expected;
+        {
+            let mut s = Store::create(&path, "18562", "Xã Thạch Hà").unwrap();
+            s.put(&id, new_doc("a"), &[]).unwrap();
+            // Enough edits to force at least one compaction.
+            for i in 0..400 {
+                s.modify(&id, |d| {
+                    model::splice_body(d, 0, 0, &format!("{i} {}", "x".repeat(60)))
+                })
+                .unwrap();
+            }
+            expected = model::body_text(s.get(&id).unwrap().unwrap()).unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(
+            model::body_text(s.get(&id).unwrap().unwrap()).unwrap(),
+            expected
+        );
+        let chunks: i64 = s
+            .conn
+            .query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))
+            .unwrap();
+        assert!(chunks < 400, "chunks were never compacted ({chunks})");
+    }
+
+    #[test]
+    fn seqs_increase_and_changed_since_lists_each_record_once() {
+        let mut s = Store::in_memory("18562").unwrap();
+        let a = DocId::new();
+        let b = DocId::new();
+        let sa = s.put(&a, new_doc("a"), &[]).unwrap().unwrap();
+        let sb = s.put(&b, new_doc("b"), &[]).unwrap().unwrap();
+        assert!(sb > sa);
+        let (_, sa2) = s.modify(&a, |d| model::splice_body(d, 0, 0, "x")).unwrap();
+        let changed: Vec<_> = s
+            .changed_since(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(changed, vec![b.clone(), a.clone()]);
+        assert_eq!(s.changed_since(sa2.unwrap(), 10).unwrap().len(), 0);
+        assert_eq!(s.changed_since(sb, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_batch_leaves_nothing_behind() {
+        let mut s = Store::in_memory("18562").unwrap();
+        let a = DocId::new();
+        let r: Result<(), StoreError> = s.batch(|s| {
+            s.put(&a, new_doc("a"), &[])?;
+            Err(StoreError::BadMeta("stop".into()))
+        });
+        assert!(r.is_err());
+        assert!(!s.contains(&a).unwrap());
+        assert!(s.get(&a).unwrap().is_none());
+    }
+
+    #[test]
+    fn search_ignores_diacritics_and_d_with_stroke() {
+        let mut s = Store::in_memory("18562").unwrap();
+        let a = DocId::new();
+        s.put(&a, new_doc("nội dung"), &[]).unwrap();
+        for q in ["quyet dinh", "Quyết định", "đê", "de dieu", "QUYET"] {
+            let hits = s.list(Kind::Document, Some(q), None, 10, false).unwrap();
+            assert_eq!(hits.len(), 1, "query {q:?}");
+        }
+        assert!(
+            s.list(Kind::Document, Some("nghị quyết"), None, 10, false)
+                .unwrap()
+                .is_empty()
+        );
+        // FTS5 syntax in a query is taken literally, never as an error.
+        assert!(
+            s.list(Kind::Document, Some("\"AND OR*("), None, 10, false)
+                .is_ok()
+        );
+    }
+}
