@@ -1,1 +1,303 @@
-fn main() {}
+//! `cabinet-node`: a commune office's node. It holds the unit's records, serves the
+//! clerks' API and web UI on the office LAN, and syncs with peers and relays whenever it
+//! can reach them.
+
+mod api;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use sync_core::model::{self, DocId, DocumentPatch, Header, Kind};
+use sync_core::net::{Net, NetConfig, PeerAddr};
+use sync_core::policy::{Role, Roster};
+use sync_core::service::{self, DataDir};
+use sync_core::store::Store;
+use sync_core::units::UnitCode;
+use tracing::info;
+
+/// The unit a node serves when `serve` finds an empty data directory.
+const DEFAULT_UNIT: &str = "18562";
+
+#[derive(Parser)]
+#[command(
+    name = "cabinet-node",
+    version,
+    about = "Cabinet commune node: documents that keep working offline"
+)]
+struct Cli {
+    /// Data directory (key and store).
+    #[arg(
+        long,
+        global = true,
+        default_value = "./cabinet-data",
+        env = "CABINET_DATA"
+    )]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the store and node key for a unit.
+    Init {
+        /// Commune code (5 digits) or province code (2 digits) from the national list.
+        #[arg(long)]
+        unit: String,
+        /// The office's name; defaults to the unit's official name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Print the node id.
+    Id,
+    /// Run the node: HTTP API and web UI, and sync with peers and relays.
+    Serve {
+        /// Address of the API and web UI.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        http: SocketAddr,
+        /// UDP address for sync connections from peers.
+        #[arg(long, default_value = "0.0.0.0:7701")]
+        listen: SocketAddr,
+        /// Another node to sync with directly: NODE_ID@HOST:PORT.
+        #[arg(long)]
+        peer: Vec<String>,
+        /// A relay to sync through: NODE_ID@HOST:PORT.
+        #[arg(long)]
+        relay: Vec<String>,
+        /// Roster of the nodes and relays allowed to connect (TOML).
+        #[arg(long)]
+        roster: Option<PathBuf>,
+        /// Loaded documents kept in memory.
+        #[arg(long, default_value_t = sync_core::store::DEFAULT_CACHE_DOCUMENTS)]
+        cache_documents: usize,
+    },
+    /// Import official documents from Markdown or text files.
+    Import {
+        /// Units that may see the imported documents (comma-separated codes); defaults to
+        /// this node's unit.
+        #[arg(long, value_delimiter = ',')]
+        audience: Vec<String>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    service::init_tracing();
+    let cli = Cli::parse();
+    let dir = DataDir::new(&cli.data);
+    let result = match cli.command {
+        Command::Init { unit, name } => init(&dir, &unit, &name),
+        Command::Id => print_id(&dir),
+        Command::Serve {
+            http,
+            listen,
+            peer,
+            relay,
+            roster,
+            cache_documents,
+        } => serve(&dir, http, listen, peer, relay, roster, cache_documents),
+        Command::Import { audience, files } => import(&dir, &audience, &files),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init(dir: &DataDir, unit: &str, name: &str) -> anyhow::Result<ExitCode> {
+    let store = dir.init(Role::Node, unit, name)?;
+    let id = dir.node_id()?.context("key was just created")?;
+    println!(
+        "initialised {} for {} ({}); node id {id}",
+        dir.path.display(),
+        store.info().name,
+        store.info().unit
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_id(dir: &DataDir) -> anyhow::Result<ExitCode> {
+    match dir.node_id()? {
+        Some(id) => {
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => bail!(
+            "{} has no node key yet: run `cabinet-node init --unit CODE --name NAME`",
+            dir.path.display()
+        ),
+    }
+}
+
+fn parse_peers(list: &[String], role: Role) -> anyhow::Result<Vec<(PeerAddr, Role)>> {
+    list.iter()
+        .map(|p| Ok((p.parse::<PeerAddr>()?, role)))
+        .collect()
+}
+
+fn serve(
+    dir: &DataDir,
+    http: SocketAddr,
+    listen: SocketAddr,
+    peers: Vec<String>,
+    relays: Vec<String>,
+    roster: Option<PathBuf>,
+    cache_documents: usize,
+) -> anyhow::Result<ExitCode> {
+    if !dir.is_initialised() {
+        let store = dir.init(Role::Node, DEFAULT_UNIT, "")?;
+        info!(dir = %dir.path.display(), unit = %store.info().unit, name = %store.info().name,
+            "empty data directory: initialised with the default unit");
+    }
+    let (mut store, key, me) = dir.open(Role::Node)?;
+    store.set_cache_capacity(cache_documents);
+    let roster = match roster {
+        Some(path) => Roster::load(&path)?,
+        None => Roster::default(),
+    };
+    let mut dial = parse_peers(&peers, Role::Node)?;
+    dial.extend(parse_peers(&relays, Role::Relay)?);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let store = service::share(store);
+        let net = Net::start(
+            key,
+            store.clone(),
+            NetConfig {
+                listen,
+                me: me.clone(),
+                dial,
+                roster,
+            },
+        )
+        .await?;
+        info!(id = %net.id(), unit = %me.unit, "node started");
+        let net = std::sync::Arc::new(net);
+        let app = api::router(api::AppState {
+            store: store.clone(),
+            net: net.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind(http)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {http}"))?;
+        info!(%http, "API and web UI listening");
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+        info!("node stopping");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Imports each file as a new document. A file that is not a document is reported and
+/// skipped; it changes nothing.
+fn import(dir: &DataDir, audience: &[String], files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let (mut store, key, me) = dir.open(Role::Node)?;
+    let audience = audience_with_own_unit(audience, me.unit.as_str())?;
+    let progress = indicatif::ProgressBar::new(files.len() as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+            .expect("template is valid"),
+    );
+    let mut failed = 0;
+    for file in files {
+        progress.set_message(file.display().to_string());
+        match import_one(
+            &mut store,
+            &key.public().to_string(),
+            &me.unit,
+            &audience,
+            file,
+        ) {
+            Ok((id, label)) => {
+                progress.println(format!("imported {} as {id} ({label})", file.display()));
+            }
+            Err(e) => {
+                failed += 1;
+                progress.println(format!("skipped {}: {e:#}", file.display()));
+            }
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    println!("{} imported, {failed} skipped", files.len() - failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn audience_with_own_unit(audience: &[String], own: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = vec![own.to_string()];
+    for code in audience.iter().map(|c| c.trim()).filter(|c| !c.is_empty()) {
+        out.push(UnitCode::parse(code)?.to_string());
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn import_one(
+    store: &mut Store,
+    creator: &str,
+    unit: &UnitCode,
+    audience: &[String],
+    file: &std::path::Path,
+) -> anyhow::Result<(DocId, String)> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = String::from_utf8(bytes).context("the file is not UTF-8 text")?;
+    let imported = sync_core::import::parse_document(&text)?;
+    let patch = DocumentPatch {
+        doc_type: imported.doc_type,
+        number: imported.number,
+        notation: imported.notation,
+        issuer: imported.issuer,
+        place: imported.place,
+        issued_date: imported.issued_date,
+        subject: imported.subject,
+        body: Some(imported.body),
+        ..Default::default()
+    };
+    let header = Header {
+        kind: Kind::Document,
+        unit: unit.to_string(),
+        audience: audience.to_vec(),
+        created_by: creator.to_string(),
+        created_at: model::now_vietnam(),
+        confidential: false,
+    };
+    let doc = model::create_document(&header, &patch)?;
+    let id = DocId::new();
+    store.put(&id, doc, &[])?;
+    let label = format!(
+        "{}/{}",
+        patch.number.as_deref().unwrap_or("?"),
+        patch.notation.as_deref().unwrap_or("?")
+    );
+    Ok((id, label))
+}

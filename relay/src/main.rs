@@ -1,1 +1,373 @@
-fn main() {}
+//! `cabinet-relay`: a store-and-forward hub for a cluster of communes, a province or the
+//! nation. It stores what passes through it, so two offices that are never online at the
+//! same time still exchange records, and it serves operators a status page, a read-only
+//! listing and Prometheus metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use serde_json::{Value as JsonValue, json};
+use sync_core::model::DocId;
+use sync_core::net::{Net, NetConfig, PeerAddr, SharedStore};
+use sync_core::policy::{Role, Roster};
+use sync_core::service::{self, DataDir};
+use tracing::info;
+
+#[derive(Parser)]
+#[command(
+    name = "cabinet-relay",
+    version,
+    about = "Cabinet relay: store-and-forward between communes, clusters and provinces"
+)]
+struct Cli {
+    /// Data directory (key and store).
+    #[arg(
+        long,
+        global = true,
+        default_value = "./cabinet-relay-data",
+        env = "CABINET_RELAY_DATA"
+    )]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the store and key of a relay.
+    Init {
+        /// A cluster id PP-DDD (province and former district codes), a province code or VN.
+        #[arg(long)]
+        unit: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Print the relay's node id.
+    Id,
+    /// Run the relay.
+    Serve {
+        /// Address of the status page, read-only API and metrics.
+        #[arg(long, default_value = "127.0.0.1:7800")]
+        http: SocketAddr,
+        /// UDP address for sync connections.
+        #[arg(long, default_value = "0.0.0.0:7801")]
+        listen: SocketAddr,
+        /// The relay above this one: NODE_ID@HOST:PORT.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Roster of the nodes and relays this relay serves (TOML).
+        #[arg(long)]
+        roster: Option<PathBuf>,
+        #[arg(long, default_value_t = sync_core::store::DEFAULT_CACHE_DOCUMENTS)]
+        cache_documents: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    service::init_tracing();
+    let cli = Cli::parse();
+    let dir = DataDir::new(&cli.data);
+    let result = match cli.command {
+        Command::Init { unit, name } => dir
+            .init(Role::Relay, &unit, &name)
+            .map_err(anyhow::Error::from)
+            .and_then(|store| {
+                let id = dir.node_id()?.context("key was just created")?;
+                println!(
+                    "initialised {} for {} ({}); node id {id}",
+                    dir.path.display(),
+                    store.info().name,
+                    store.info().unit
+                );
+                Ok(ExitCode::SUCCESS)
+            }),
+        Command::Id => match dir.node_id() {
+            Ok(Some(id)) => {
+                println!("{id}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok(None) => Err(anyhow::anyhow!(
+                "{} has no key yet: run `cabinet-relay init --unit CODE`",
+                dir.path.display()
+            )),
+            Err(e) => Err(e.into()),
+        },
+        Command::Serve {
+            http,
+            listen,
+            upstream,
+            roster,
+            cache_documents,
+        } => serve(&dir, http, listen, upstream, roster, cache_documents),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    store: SharedStore,
+    net: Arc<Net>,
+}
+
+fn serve(
+    dir: &DataDir,
+    http: SocketAddr,
+    listen: SocketAddr,
+    upstream: Option<String>,
+    roster: Option<PathBuf>,
+    cache_documents: usize,
+) -> anyhow::Result<ExitCode> {
+    if !dir.is_initialised() {
+        bail!(
+            "{} has no store yet: run `cabinet-relay init --unit CODE` first",
+            dir.path.display()
+        );
+    }
+    let (mut store, key, me) = dir.open(Role::Relay)?;
+    store.set_cache_capacity(cache_documents);
+    let roster = match roster {
+        Some(path) => Roster::load(&path)?,
+        None => Roster::default(),
+    };
+    let dial = match upstream {
+        Some(u) => vec![(u.parse::<PeerAddr>()?, Role::Relay)],
+        None => Vec::new(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let store = service::share(store);
+        let net = Arc::new(
+            Net::start(
+                key,
+                store.clone(),
+                NetConfig {
+                    listen,
+                    me: me.clone(),
+                    dial,
+                    roster,
+                },
+            )
+            .await?,
+        );
+        info!(id = %net.id(), unit = %me.unit, "relay started");
+        let app = Router::new()
+            .route("/", get(status_page))
+            .route("/api/v1/status", get(status))
+            .route("/api/v1/documents", get(list))
+            .route("/api/v1/documents/{id}", get(get_record))
+            .route("/metrics", get(metrics))
+            .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+            .with_state(AppState { store, net });
+        let listener = tokio::net::TcpListener::bind(http)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {http}"))?;
+        info!(%http, "status page listening");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler installs");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            })
+            .await?;
+        info!("relay stopping");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e)),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
+    }
+}
+
+async fn status(State(s): State<AppState>) -> Result<Json<JsonValue>, Response> {
+    blocking(move || service::status_json(&s.store, &s.net).map_err(|e| e.to_string()))
+        .await
+        .map(Json)
+}
+
+/// What a relay shows of a record: who it is for, not what it says.
+fn summary(record: &JsonValue) -> JsonValue {
+    json!({
+        "id": record["id"],
+        "kind": record["kind"],
+        "unit": record["unit"],
+        "audience": record["audience"],
+        "heads": record["heads"],
+        "deleted": record["deleted"],
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+    deleted: Option<bool>,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JsonValue>, Response> {
+    let Query(q) = query.map_err(|e| error(StatusCode::BAD_REQUEST, &e.body_text()))?;
+    let limit = q.limit.unwrap_or(10_000);
+    if limit == 0 || limit > 10_000 {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "limit must be between 1 and 10000",
+        ));
+    }
+    let after = match q.after.as_deref() {
+        Some(t) => Some(DocId::parse(t).map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "after: not a token from a previous page",
+            )
+        })?),
+        None => None,
+    };
+    let mut page = blocking(move || {
+        let store = service::lock(&s.store);
+        service::list_page(
+            &store,
+            None,
+            None,
+            after.as_ref(),
+            limit,
+            q.deleted.unwrap_or(false),
+        )
+        .map_err(|e| e.to_string())
+    })
+    .await?;
+    if let Some(docs) = page["documents"].as_array_mut() {
+        for d in docs.iter_mut() {
+            *d = summary(d);
+        }
+    }
+    Ok(Json(page))
+}
+
+async fn get_record(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JsonValue>, Response> {
+    let not_found = || {
+        error(
+            StatusCode::NOT_FOUND,
+            &format!("no record with id {id} on this relay"),
+        )
+    };
+    let doc_id = DocId::parse(&id).map_err(|_| not_found())?;
+    let found = blocking(move || {
+        let mut store = service::lock(&s.store);
+        match store.get(&doc_id).map_err(|e| e.to_string())? {
+            Some(doc) => sync_core::model::to_json(&doc_id, doc)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    })
+    .await?;
+    found.map(|r| Json(summary(&r))).ok_or_else(not_found)
+}
+
+async fn metrics(State(s): State<AppState>) -> Result<Response, Response> {
+    let status =
+        blocking(move || service::status_json(&s.store, &s.net).map_err(|e| e.to_string())).await?;
+    let peers = status["peers"].as_array().cloned().unwrap_or_default();
+    let mut out = String::new();
+    out.push_str("# HELP cabinet_records Records held by this relay.\n");
+    out.push_str("# TYPE cabinet_records gauge\n");
+    out.push_str(&format!("cabinet_records {}\n", status["documents"]));
+    out.push_str("# HELP cabinet_peer_connected Whether a peer is connected (1) or not (0).\n");
+    out.push_str("# TYPE cabinet_peer_connected gauge\n");
+    for p in &peers {
+        out.push_str(&format!(
+            "cabinet_peer_connected{{peer=\"{}\",unit=\"{}\"}} {}\n",
+            p["id"].as_str().unwrap_or(""),
+            p["unit"].as_str().unwrap_or(""),
+            u8::from(p["connected"].as_bool().unwrap_or(false))
+        ));
+    }
+    out.push_str("# HELP cabinet_peer_pending_out Records waiting to go to a peer.\n");
+    out.push_str("# TYPE cabinet_peer_pending_out gauge\n");
+    for p in &peers {
+        out.push_str(&format!(
+            "cabinet_peer_pending_out{{peer=\"{}\"}} {}\n",
+            p["id"].as_str().unwrap_or(""),
+            p["pending_out"]
+        ));
+    }
+    Ok(([("content-type", "text/plain; version=0.0.4")], out).into_response())
+}
+
+async fn status_page(State(s): State<AppState>) -> Result<Html<String>, Response> {
+    let status =
+        blocking(move || service::status_json(&s.store, &s.net).map_err(|e| e.to_string())).await?;
+    let mut rows = String::new();
+    for p in status["peers"].as_array().into_iter().flatten() {
+        rows.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html_escape(&p["id"].as_str().unwrap_or("").chars().take(16).collect::<String>()),
+            html_escape(p["unit"].as_str().unwrap_or("?")),
+            if p["connected"].as_bool().unwrap_or(false) { "có (yes)" } else { "không (no)" },
+            html_escape(p["last_sync"].as_str().unwrap_or("—")),
+            p["pending_out"],
+            p["pending_in"],
+        ));
+    }
+    Ok(Html(format!(
+        "<!doctype html><html lang=\"vi\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"5\"><title>Cabinet relay</title>\
+         <style>body{{font-family:system-ui,sans-serif;margin:1.5rem}}td,th{{padding:.3rem .7rem;\
+         border-bottom:1px solid #ddd;text-align:left}}</style></head><body>\
+         <h1>Trạm chuyển tiếp {} ({})</h1><p>Mã nút (node id): <code>{}</code> · \
+         Bản ghi (records): {}</p><table><tr><th>Nút (peer)</th><th>Đơn vị (unit)</th>\
+         <th>Kết nối (connected)</th><th>Đồng bộ lần cuối (last sync)</th>\
+         <th>Chờ gửi (pending out)</th><th>Chờ nhận (pending in)</th></tr>{rows}</table>\
+         </body></html>",
+        html_escape(status["name"].as_str().unwrap_or("")),
+        html_escape(status["unit"].as_str().unwrap_or("")),
+        html_escape(status["node_id"].as_str().unwrap_or("")),
+        status["documents"],
+    )))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

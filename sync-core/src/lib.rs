@@ -13,6 +13,7 @@
 //! - [`net`]: iroh endpoints and the tasks that run protocol sessions over QUIC.
 //! - [`import`]: reading official documents from Markdown or text files.
 //! - [`identity`]: the node key kept in the data directory.
+//! - [`service`]: the data directory, status and logging shared by both binaries.
 
 pub mod identity;
 pub mod import;
@@ -20,5 +21,6 @@ pub mod model;
 pub mod net;
 pub mod policy;
 pub mod protocol;
+pub mod service;
 pub mod store;
 pub mod units;

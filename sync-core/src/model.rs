@@ -273,14 +273,12 @@ pub fn now_vietnam() -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
 }
 
-/// A fresh actor id for one process: every process that writes gets its own, so two
-/// processes on one store (a server and an import) never reuse an actor's sequence.
-pub fn process_actor() -> ActorId {
-    use std::sync::OnceLock;
-    static ACTOR: OnceLock<ActorId> = OnceLock::new();
-    ACTOR
-        .get_or_init(|| ActorId::from(uuid::Uuid::new_v4().as_bytes().as_slice()))
-        .clone()
+/// A fresh actor id for one loaded copy of a document. Every copy that may be edited
+/// gets its own, so two copies of one record (two processes on one store, or a copy
+/// reloaded after a failed write) can never both extend the same actor's sequence, which
+/// automerge would reject as a duplicate.
+pub fn fresh_actor() -> ActorId {
+    ActorId::random()
 }
 
 fn get_str<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<String> {
@@ -381,7 +379,7 @@ fn body_obj(doc: &Automerge) -> Result<ObjId, ModelError> {
 
 /// Creates a new `document` record.
 pub fn create_document(header: &Header, fields: &DocumentPatch) -> Result<Automerge, ModelError> {
-    let mut doc = Automerge::new().with_actor(process_actor());
+    let mut doc = Automerge::new().with_actor(fresh_actor());
     let mut tx = doc.transaction();
     write_header(&mut tx, header)?;
     tx.put_object(ROOT, "body", ObjType::Text)?;
@@ -579,7 +577,7 @@ pub fn create_annotation(
         }
         None => None,
     };
-    let mut doc = Automerge::new().with_actor(process_actor());
+    let mut doc = Automerge::new().with_actor(fresh_actor());
     let mut tx = doc.transaction();
     write_header(&mut tx, header)?;
     tx.put(ROOT, "target", target_id.as_str())?;

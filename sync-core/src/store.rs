@@ -97,6 +97,12 @@ pub struct Store {
     /// Records written inside the open batch, dropped from the cache if it rolls back.
     batch_touched: HashSet<DocId>,
     batch_max_seq: u64,
+    /// SQLite's `data_version` when the cache was last known to match the database;
+    /// another process committing (an import beside a running node) changes it.
+    data_version: i64,
+    /// Whether the open transaction found that another process had written since the
+    /// cache was last checked (documents taken out before it began may be stale).
+    others_wrote_before_batch: bool,
 }
 
 const SCHEMA: &str = "
@@ -214,7 +220,24 @@ impl Store {
             batch_depth: 0,
             batch_touched: HashSet::new(),
             batch_max_seq: 0,
+            data_version: 0,
+            others_wrote_before_batch: false,
         })
+    }
+
+    /// Drops the cache if another connection committed since we last looked, so a
+    /// document written by another process is never served or extended from a stale copy.
+    /// Returns whether it had to.
+    fn notice_other_writers(&mut self) -> Result<bool, StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if version == self.data_version {
+            return Ok(false);
+        }
+        self.data_version = version;
+        self.cache.clear();
+        Ok(true)
     }
 
     /// Bounds how many loaded documents stay in memory.
@@ -271,6 +294,13 @@ impl Store {
             // IMMEDIATE takes the write lock at once, so two processes sharing a store
             // (a server and an import) never interleave sequence numbers.
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.others_wrote_before_batch = match self.notice_other_writers() {
+                Ok(wrote) => wrote,
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(e);
+                }
+            };
             self.batch_touched.clear();
             self.batch_max_seq = 0;
         }
@@ -333,6 +363,9 @@ impl Store {
 
     /// The loaded document, from the cache or the database.
     pub fn get(&mut self, id: &DocId) -> Result<Option<&Automerge>, StoreError> {
+        if self.batch_depth == 0 {
+            self.notice_other_writers()?;
+        }
         if !self.cache.contains(id) {
             match self.load(id)? {
                 Some(doc) => {
@@ -347,6 +380,9 @@ impl Store {
     /// Takes a document out of the cache (loading it if needed) for modification; give it
     /// back with [`Store::put`].
     pub fn take(&mut self, id: &DocId) -> Result<Option<Automerge>, StoreError> {
+        if self.batch_depth == 0 {
+            self.notice_other_writers()?;
+        }
         match self.cache.pop(id) {
             Some(doc) => Ok(Some(doc)),
             None => self.load(id),
@@ -376,7 +412,7 @@ impl Store {
         };
         let mut doc = Automerge::load(&snapshot)
             .map_err(corrupt)?
-            .with_actor(model::process_actor());
+            .with_actor(model::fresh_actor());
         let mut stmt = self
             .conn
             .prepare_cached("SELECT data FROM chunks WHERE record = ?1 ORDER BY n")?;
@@ -409,24 +445,54 @@ impl Store {
     pub fn put(
         &mut self,
         id: &DocId,
-        doc: Automerge,
+        mut doc: Automerge,
         before: &[ChangeHash],
     ) -> Result<Option<u64>, StoreError> {
+        self.begin()?;
+        let result = self.put_in_transaction(id, &mut doc, before);
+        match result {
+            Ok(seq) => {
+                self.commit()?;
+                self.cache.put(id.clone(), doc);
+                Ok(seq)
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn put_in_transaction(
+        &mut self,
+        id: &DocId,
+        doc: &mut Automerge,
+        before: &[ChangeHash],
+    ) -> Result<Option<u64>, StoreError> {
+        // Inside the write lock: if another process wrote since `doc` was loaded, fold
+        // its version in (a CRDT merge loses nothing) before writing ours.
+        if self.batch_depth == 1 && self.others_wrote_before_batch {
+            if let Some(mut stored) = self.load(id)? {
+                stored.merge(doc).map_err(|source| StoreError::Corrupt {
+                    id: id.clone(),
+                    source,
+                })?;
+                *doc = stored;
+            }
+        }
         let exists = self.contains(id)?;
         if exists && doc.get_heads() == before {
-            self.cache.put(id.clone(), doc);
             return Ok(None);
         }
-        let header = model::read_header(&doc)?;
-        let json = model::to_json(id, &doc)?;
-        let deleted = model::is_deleted(&doc);
+        let header = model::read_header(doc)?;
+        let json = model::to_json(id, doc)?;
+        let deleted = model::is_deleted(doc);
         let target = (header.kind == Kind::Annotation)
-            .then(|| model::annotation_target(&doc).map(|t| t.to_string()))
+            .then(|| model::annotation_target(doc).map(|t| t.to_string()))
             .flatten();
 
-        self.begin()?;
         self.batch_touched.insert(id.clone());
-        let result = (|| -> Result<u64, StoreError> {
+        {
             let seq = self.next_seq()?;
             let audience = serde_json::to_string(&header.audience).expect("strings serialise");
             if exists {
@@ -494,18 +560,7 @@ impl Store {
                 )?;
             }
             self.index_for_search(id, &json)?;
-            Ok(seq)
-        })();
-        match result {
-            Ok(seq) => {
-                self.commit()?;
-                self.cache.put(id.clone(), doc);
-                Ok(Some(seq))
-            }
-            Err(e) => {
-                self.rollback();
-                Err(e)
-            }
+            Ok(Some(seq))
         }
     }
 
@@ -575,11 +630,11 @@ impl Store {
             as u64)
     }
 
-    /// A page of records of one kind as JSON, ordered by id; `after` is the last id of the
+    /// A page of records (of one kind, or all) as JSON, ordered by id; `after` is the last id of the
     /// previous page. `query` keeps only documents matching a full-text search.
     pub fn list(
         &self,
-        kind: Kind,
+        kind: Option<Kind>,
         query: Option<&str>,
         after: Option<&DocId>,
         limit: usize,
@@ -588,7 +643,8 @@ impl Store {
         let after = after.map(DocId::as_str).unwrap_or("");
         let match_expr = query.map(fts_query).filter(|q| !q.is_empty());
         let sql = format!(
-            "SELECT json FROM records WHERE kind = ?1 AND id > ?2 AND (?3 OR deleted = 0) {}
+            "SELECT json FROM records
+             WHERE (?1 IS NULL OR kind = ?1) AND id > ?2 AND (?3 OR deleted = 0) {}
              ORDER BY id LIMIT ?4",
             if match_expr.is_some() {
                 "AND id IN (SELECT record FROM search WHERE search MATCH ?5)"
@@ -599,7 +655,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(
             params![
-                kind.as_str(),
+                kind.map(Kind::as_str),
                 after,
                 include_deleted,
                 limit as i64,
@@ -803,6 +859,41 @@ mod tests {
     }
 
     #[test]
+    fn two_processes_on_one_store_never_lose_each_others_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut server = Store::create(&path, "18562", "Xã Thạch Hà").unwrap();
+        let mut import = Store::open(&path).unwrap();
+        let id = DocId::new();
+        server.put(&id, new_doc("gốc"), &[]).unwrap();
+        server.get(&id).unwrap();
+
+        // The other process edits; the server's cached copy is now stale.
+        import
+            .modify(&id, |d| model::splice_body(d, 0, 0, "import "))
+            .unwrap();
+        assert_eq!(
+            model::body_text(server.get(&id).unwrap().unwrap()).unwrap(),
+            "import gốc"
+        );
+
+        // The server takes the document, the other process writes meanwhile, then the
+        // server stores its edit: both survive.
+        let mut doc = server.take(&id).unwrap().unwrap();
+        let before = doc.get_heads();
+        import
+            .modify(&id, |d| model::splice_body(d, 0, 0, "B "))
+            .unwrap();
+        model::splice_body(&mut doc, 10, 0, " A").unwrap();
+        server.put(&id, doc, &before).unwrap();
+        let mut fresh = Store::open(&path).unwrap();
+        assert_eq!(
+            model::body_text(fresh.get(&id).unwrap().unwrap()).unwrap(),
+            "B import gốc A"
+        );
+    }
+
+    #[test]
     fn seqs_increase_and_changed_since_lists_each_record_once() {
         let mut s = Store::in_memory("18562").unwrap();
         let a = DocId::new();
@@ -841,17 +932,19 @@ mod tests {
         let a = DocId::new();
         s.put(&a, new_doc("nội dung"), &[]).unwrap();
         for q in ["quyet dinh", "Quyết định", "đê", "de dieu", "QUYET"] {
-            let hits = s.list(Kind::Document, Some(q), None, 10, false).unwrap();
+            let hits = s
+                .list(Some(Kind::Document), Some(q), None, 10, false)
+                .unwrap();
             assert_eq!(hits.len(), 1, "query {q:?}");
         }
         assert!(
-            s.list(Kind::Document, Some("nghị quyết"), None, 10, false)
+            s.list(Some(Kind::Document), Some("nghị quyết"), None, 10, false)
                 .unwrap()
                 .is_empty()
         );
         // FTS5 syntax in a query is taken literally, never as an error.
         assert!(
-            s.list(Kind::Document, Some("\"AND OR*("), None, 10, false)
+            s.list(Some(Kind::Document), Some("\"AND OR*("), None, 10, false)
                 .is_ok()
         );
     }

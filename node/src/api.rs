@@ -1,0 +1,386 @@
+//! The node's HTTP API under `/api/v1` (JSON), and the clerks' web UI at `/`.
+//!
+//! Every write returns only after the store transaction holding it has committed. Every
+//! error is a 4xx or 5xx status with `{ "error": "…" }` that says what to do.
+//!
+//! Until the first user exists the node is in setup mode: it answers requests from this
+//! machine (loopback) only, without credentials.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value as JsonValue, json};
+use sync_core::model::{self, DocId, DocumentPatch, Header, Kind, NewAnnotation, Visibility};
+use sync_core::net::{Net, SharedStore};
+use sync_core::service;
+use sync_core::store::{Store, StoreError};
+use sync_core::units::UnitCode;
+
+/// The most records one listing page returns.
+const MAX_PAGE: usize = 10_000;
+
+/// Request bodies larger than this are refused before parsing.
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: SharedStore,
+    pub net: Arc<Net>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/v1/status", get(status))
+        .route(
+            "/api/v1/documents",
+            get(list_documents).post(create_document),
+        )
+        .route(
+            "/api/v1/documents/{id}",
+            get(get_document)
+                .patch(patch_document)
+                .delete(delete_document),
+        )
+        .route(
+            "/api/v1/documents/{id}/annotations",
+            get(list_annotations).post(create_annotation),
+        )
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(setup_mode))
+        .with_state(state)
+}
+
+/// An error as the API reports it.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    fn not_found(id: &str) -> ApiError {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no document with id {id} on this node"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.0.is_server_error() {
+            tracing::error!(status = %self.0, error = %self.1, "request failed");
+        }
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound(id) => ApiError::not_found(id.as_str()),
+            StoreError::Model(m) => ApiError::bad_request(m.to_string()),
+            other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        }
+    }
+}
+
+impl From<model::ModelError> for ApiError {
+    fn from(e: model::ModelError) -> ApiError {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn setup_mode(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // No users exist yet (sign-in arrives with user management), so only this machine
+    // may use the node.
+    if !peer.ip().is_loopback() {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "this node is in setup mode and answers only requests from the machine it runs \
+             on; create the first user with `cabinet-node user add` to open it to the LAN"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into())
+}
+
+/// Runs store work off the async threads, under the store lock.
+async fn with_store<R: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&mut Store) -> ApiResult<R> + Send + 'static,
+) -> ApiResult<R> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || f(&mut service::lock(&store)))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+/// Parses a JSON body with errors that name the problem (unknown field, wrong type).
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn parse_id(id: &str) -> ApiResult<DocId> {
+    DocId::parse(id).map_err(|_| ApiError::not_found(id))
+}
+
+fn validate_audience(codes: &[String]) -> ApiResult<()> {
+    for code in codes {
+        UnitCode::parse(code).map_err(|e| ApiError::bad_request(format!("audience: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The document with `id`, as JSON; annotations and missing ids are both "not found".
+fn document_json(store: &mut Store, id: &DocId) -> ApiResult<JsonValue> {
+    let doc = store
+        .get(id)?
+        .ok_or_else(|| ApiError::not_found(id.as_str()))?;
+    if model::read_header(doc)?.kind != Kind::Document {
+        return Err(ApiError::not_found(id.as_str()));
+    }
+    Ok(model::to_json(id, doc)?)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("ui.html"))
+}
+
+async fn status(State(state): State<AppState>) -> ApiResult<Json<JsonValue>> {
+    let net = state.net.clone();
+    let store = state.store.clone();
+    let value = tokio::task::spawn_blocking(move || service::status_json(&store, &net))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(value))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    q: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+    deleted: Option<bool>,
+}
+
+async fn list_documents(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<JsonValue>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(MAX_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let after = match query.after.as_deref() {
+        Some(token) => Some(
+            DocId::parse(token)
+                .map_err(|_| ApiError::bad_request("after: not a token from a previous page"))?,
+        ),
+        None => None,
+    };
+    let page = with_store(&state, move |s| {
+        Ok(service::list_page(
+            s,
+            Some(Kind::Document),
+            query.q.as_deref(),
+            after.as_ref(),
+            limit,
+            query.deleted.unwrap_or(false),
+        )?)
+    })
+    .await?;
+    Ok(Json(page))
+}
+
+async fn create_document(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<JsonValue>)> {
+    let patch: DocumentPatch = parse_body(&body)?;
+    if patch.body_splice.is_some() {
+        return Err(ApiError::bad_request(
+            "a new document takes \"body\", not \"body_splice\"",
+        ));
+    }
+    let creator = state.net.id().to_string();
+    let value = with_store(&state, move |s| {
+        let unit = s.info().unit.clone();
+        let mut audience = patch.audience.clone().unwrap_or_default();
+        validate_audience(&audience)?;
+        audience.push(unit.clone());
+        audience.sort();
+        audience.dedup();
+        let header = Header {
+            kind: Kind::Document,
+            unit,
+            audience: audience.clone(),
+            created_by: creator,
+            created_at: model::now_vietnam(),
+            confidential: false,
+        };
+        let patch = DocumentPatch {
+            audience: Some(audience),
+            ..patch
+        };
+        let doc = model::create_document(&header, &patch)?;
+        let id = DocId::new();
+        s.put(&id, doc, &[])?;
+        document_json(s, &id)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(value)))
+}
+
+async fn get_document(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let id = parse_id(&id)?;
+    Ok(Json(
+        with_store(&state, move |s| document_json(s, &id)).await?,
+    ))
+}
+
+async fn patch_document(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<JsonValue>> {
+    let id = parse_id(&id)?;
+    let patch: DocumentPatch = parse_body(&body)?;
+    let value = with_store(&state, move |s| {
+        let unit = s.info().unit.clone();
+        document_json(s, &id)?;
+        if let Some(audience) = &patch.audience {
+            validate_audience(audience)?;
+            if !audience.contains(&unit) {
+                return Err(ApiError::bad_request(format!(
+                    "audience must keep this node's unit {unit}"
+                )));
+            }
+        }
+        if model::is_deleted(s.get(&id)?.expect("checked above")) {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                "this document was deleted; it cannot be edited".into(),
+            ));
+        }
+        s.modify(&id, |doc| model::update_document(doc, &patch))?;
+        document_json(s, &id)
+    })
+    .await?;
+    Ok(Json(value))
+}
+
+async fn delete_document(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let id = parse_id(&id)?;
+    let by = state.net.id().to_string();
+    let value = with_store(&state, move |s| {
+        document_json(s, &id)?;
+        if !model::is_deleted(s.get(&id)?.expect("checked above")) {
+            s.modify(&id, |doc| model::tombstone(doc, &by))?;
+        }
+        document_json(s, &id)
+    })
+    .await?;
+    Ok(Json(value))
+}
+
+async fn create_annotation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<JsonValue>)> {
+    let target_id = parse_id(&id)?;
+    let input: NewAnnotation = parse_body(&body)?;
+    if input.text.trim().is_empty() {
+        return Err(ApiError::bad_request("an annotation needs some text"));
+    }
+    let creator = state.net.id().to_string();
+    let value = with_store(&state, move |s| {
+        let unit = s.info().unit.clone();
+        let target_json = document_json(s, &target_id)?;
+        let audience = match input.visibility {
+            Visibility::Private => vec![unit.clone()],
+            Visibility::Shared | Visibility::Audience => {
+                serde_json::from_value(target_json["audience"].clone()).unwrap_or_default()
+            }
+        };
+        let header = Header {
+            kind: Kind::Annotation,
+            unit,
+            audience,
+            created_by: creator,
+            created_at: model::now_vietnam(),
+            confidential: input.visibility == Visibility::Private,
+        };
+        let target = s.get(&target_id)?.expect("checked above");
+        let doc = model::create_annotation(&header, &target_id, target, &input)?;
+        let id = DocId::new();
+        s.put(&id, doc, &[])?;
+        let annotation = s.take(&id)?.expect("just stored");
+        let target = s.get(&target_id)?.expect("checked above");
+        let value = model::annotation_json(&id, &annotation, target);
+        s.untake(id, annotation);
+        Ok(value?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(value)))
+}
+
+async fn list_annotations(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let target_id = parse_id(&id)?;
+    let value = with_store(&state, move |s| {
+        document_json(s, &target_id)?;
+        let mut annotations = Vec::new();
+        for id in s.annotations_of(&target_id)? {
+            let Some(annotation) = s.take(&id)? else {
+                continue;
+            };
+            let target = s.get(&target_id)?.expect("checked above");
+            let value = (!model::is_deleted(&annotation))
+                .then(|| model::annotation_json(&id, &annotation, target));
+            s.untake(id, annotation);
+            if let Some(v) = value {
+                annotations.push(v?);
+            }
+        }
+        Ok(json!({ "annotations": annotations }))
+    })
+    .await?;
+    Ok(Json(value))
+}
