@@ -234,11 +234,11 @@ fn import(dir: &DataDir, audience: &[String], files: &[PathBuf]) -> anyhow::Resu
             file,
         ) {
             Ok((id, label)) => {
-                progress.println(format!("imported {} as {id} ({label})", file.display()));
+                progress.suspend(|| println!("imported {} as {id} ({label})", file.display()));
             }
             Err(e) => {
                 failed += 1;
-                progress.println(format!("skipped {}: {e:#}", file.display()));
+                progress.suspend(|| println!("skipped {}: {e:#}", file.display()));
             }
         }
         progress.inc(1);

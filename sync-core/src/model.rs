@@ -456,6 +456,28 @@ pub fn splice_body(
     Ok(())
 }
 
+/// Applies many splices to the body as one change (one transaction): the path for bulk
+/// edits such as replaying an editing trace. Each splice is checked against the length
+/// the body has after the ones before it; if any is out of range, none is applied.
+pub fn splice_body_batch<'a>(
+    doc: &mut Automerge,
+    splices: impl IntoIterator<Item = (usize, usize, &'a str)>,
+) -> Result<(), ModelError> {
+    let body = body_obj(doc)?;
+    let mut len = doc.length(&body);
+    let mut tx = doc.transaction();
+    for (pos, delete, insert) in splices {
+        if pos > len || delete > len - pos {
+            tx.rollback();
+            return Err(ModelError::SpliceOutOfRange { len, pos, delete });
+        }
+        tx.splice_text(&body, pos, delete as isize, insert)?;
+        len = len - delete + insert.chars().count();
+    }
+    tx.commit();
+    Ok(())
+}
+
 /// The current body text of a document.
 pub fn body_text(doc: &Automerge) -> Result<String, ModelError> {
     Ok(doc.text(body_obj(doc)?)?)
@@ -702,6 +724,26 @@ mod tests {
             splice_body(&mut doc, 9, 0, "x"),
             Err(ModelError::SpliceOutOfRange { len: 8, .. })
         ));
+    }
+
+    #[test]
+    fn a_batch_of_splices_is_one_change_or_nothing() {
+        let mut doc = create_document(
+            &header(),
+            &DocumentPatch {
+                body: Some("abc".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let before = doc.get_heads();
+        splice_body_batch(&mut doc, [(3, 0, "dé"), (0, 1, ""), (4, 0, "!")]).unwrap();
+        assert_eq!(body_text(&doc).unwrap(), "bcdé!");
+        assert_eq!(doc.get_changes(&before).len(), 1);
+        let heads = doc.get_heads();
+        assert!(splice_body_batch(&mut doc, [(0, 0, "x"), (99, 0, "y")]).is_err());
+        assert_eq!(doc.get_heads(), heads);
+        assert_eq!(body_text(&doc).unwrap(), "bcdé!");
     }
 
     #[test]

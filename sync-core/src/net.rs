@@ -39,6 +39,9 @@ const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest wait between two attempts to reach a configured peer.
 const MAX_REDIAL: Duration = Duration::from_secs(4);
 
+/// The length prefix in front of every frame.
+const FRAME_PREFIX_BYTES: u64 = 4;
+
 /// QUIC close codes, visible in the peer's logs.
 const CLOSE_DONE: u32 = 0;
 const CLOSE_NOT_ALLOWED: u32 = 1;
@@ -98,6 +101,10 @@ pub struct PeerStatus {
     pub last_sync: Option<String>,
     pub pending_out: u64,
     pub pending_in: u64,
+    /// Bytes of protocol frames received from and sent to the peer since this process
+    /// started (length prefixes included, QUIC overhead not).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 struct Shared {
@@ -322,7 +329,8 @@ async fn drive(
         let store = lock(&shared.store);
         session.start(&store).map_err(SessionEnd::Protocol)?
     };
-    send_all(&mut writer, hello).await?;
+    let bytes_out = send_all(&mut writer, hello).await?;
+    set_status(shared, session.peer_id(), |s| s.bytes_out += bytes_out);
 
     loop {
         let out = tokio::select! {
@@ -336,14 +344,17 @@ async fn drive(
                     }
                 }
                 let mut messages = Vec::with_capacity(frames.len());
+                let mut bytes_in = 0;
                 for f in frames {
                     let bytes = f.map_err(|e| match e.kind() {
                         std::io::ErrorKind::InvalidData => SessionEnd::Protocol(
                             ProtocolError::Malformed(format!("frame rejected: {e}"))),
                         _ => SessionEnd::Io(e.to_string()),
                     })?;
+                    bytes_in += bytes.len() as u64 + FRAME_PREFIX_BYTES;
                     messages.push(Message::decode(&bytes).map_err(SessionEnd::Protocol)?);
                 }
+                set_status(shared, session.peer_id(), |s| s.bytes_in += bytes_in);
                 debug!(peer = %short(session.peer_id()), frames = messages.len(), "frames in");
                 handle_batch(shared, session, messages)?
             }
@@ -353,7 +364,8 @@ async fn drive(
         if !out.is_empty() {
             debug!(peer = %short(session.peer_id()), frames = out.len(), "frames out");
         }
-        send_all(&mut writer, out).await?;
+        let bytes_out = send_all(&mut writer, out).await?;
+        set_status(shared, session.peer_id(), |s| s.bytes_out += bytes_out);
         update_status(shared, session);
     }
 }
@@ -384,22 +396,27 @@ fn poll(shared: &Arc<Shared>, session: &mut Session) -> Result<Vec<Message>, Ses
     .map_err(SessionEnd::Protocol)
 }
 
+/// Writes messages and flushes; returns the bytes written.
 async fn send_all(
     writer: &mut FramedWrite<iroh::endpoint::SendStream, LengthDelimitedCodec>,
     messages: Vec<Message>,
-) -> Result<(), SessionEnd> {
+) -> Result<u64, SessionEnd> {
     if messages.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
+    let mut written = 0;
     for m in messages {
+        let frame = bytes::Bytes::from(m.encode());
+        written += frame.len() as u64 + FRAME_PREFIX_BYTES;
         writer
-            .feed(bytes::Bytes::from(m.encode()))
+            .feed(frame)
             .await
             .map_err(|e| SessionEnd::Io(e.to_string()))?;
     }
     SinkExt::<bytes::Bytes>::flush(writer)
         .await
-        .map_err(|e| SessionEnd::Io(e.to_string()))
+        .map_err(|e| SessionEnd::Io(e.to_string()))?;
+    Ok(written)
 }
 
 fn set_status(shared: &Shared, peer: &str, f: impl FnOnce(&mut PeerStatus)) {

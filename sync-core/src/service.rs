@@ -171,6 +171,8 @@ pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
                 "last_sync": p.last_sync.or_else(|| stored.and_then(|r| r.last_sync.clone())),
                 "pending_out": p.pending_out,
                 "pending_in": p.pending_in,
+                "bytes_in": p.bytes_in,
+                "bytes_out": p.bytes_out,
             })
         })
         .collect();
@@ -220,6 +222,7 @@ pub fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,iroh=warn,noq=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

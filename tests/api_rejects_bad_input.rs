@@ -1,0 +1,52 @@
+//! Bad input from a clerk gets a clear 4xx error in JSON and changes nothing.
+
+use scenario::{Kind, Process};
+use serde_json::json;
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Process::init(root.path(), "node-A", Kind::Node, "18562");
+    a.start();
+    let doc = a.post(
+        "/api/v1/documents",
+        &json!({ "subject": "Thử", "body": "Việt Nam" }),
+    );
+    let id = doc["id"].as_str().unwrap();
+    let path = format!("/api/v1/documents/{id}");
+
+    let cases = [
+        (a.try_get("/api/v1/documents/0190f5c2-8a1b-7c3d-9e4f-001122334455"), 404),
+        (a.try_get("/api/v1/documents/..%2Fetc%2Fpasswd"), 404),
+        (a.try_get("/api/v1/documents?limit=0"), 400),
+        (a.try_get("/api/v1/documents?after=nonsense"), 400),
+        (a.try_get("/api/v1/nothing-here"), 404),
+        (a.try_post("/api/v1/documents", &json!({ "subjekt": "typo" })), 400),
+        (a.try_post("/api/v1/documents", &json!({ "subject": 5 })), 400),
+        (a.try_post("/api/v1/documents", &json!({ "audience": ["99999"] })), 400),
+        (a.try_patch(&path, &json!({ "body_splice": { "pos": 9, "delete": 0, "insert": "x" } })), 400),
+        (a.try_patch(&path, &json!({ "body_splice": { "pos": 2, "delete": 7, "insert": "" } })), 400),
+        (a.try_patch(&path, &json!({ "audience": ["18568"] })), 400),
+        (a.try_post(&format!("{path}/annotations"), &json!({ "text": "x", "anchor": { "start": 3, "end": 99 }, "visibility": "audience" })), 400),
+        (a.try_post(&format!("{path}/annotations"), &json!({ "text": "x", "visibility": "secret" })), 400),
+    ];
+    for (i, (reply, expected)) in cases.into_iter().enumerate() {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, expected, "case {i}: {}", reply.body);
+        let message = reply.body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("case {i}: {}", reply.body));
+        assert!(
+            message.len() > 10,
+            "case {i}: unhelpful message {message:?}"
+        );
+    }
+
+    let after = a.get(&path);
+    assert_eq!(after, doc, "nothing changed");
+    assert_eq!(a.get("/api/v1/status")["documents"], 1);
+    assert_eq!(
+        a.get(&format!("{path}/annotations"))["annotations"],
+        json!([])
+    );
+}

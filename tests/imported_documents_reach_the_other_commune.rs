@@ -1,0 +1,95 @@
+//! Real documents imported into commune A reach commune B of the same cluster through the
+//! cluster relay, with identical content and heads; a file that is not a document is
+//! refused and changes nothing.
+
+use std::time::Duration;
+
+use scenario::{ThreeSites, UNIT_A, UNIT_B, shared_data, wait_for};
+
+#[test]
+fn imported_documents_reach_the_other_commune_through_the_relay() {
+    let mut sites = ThreeSites::new();
+    let mut files: Vec<String> = std::fs::read_dir(shared_data().join("documents"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("md" | "csv")))
+        .map(|p| p.to_str().unwrap().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        31,
+        "30 resolutions and the CSV list of provinces"
+    );
+
+    let mut args = vec!["import", "--audience", UNIT_B];
+    args.extend(files.iter().map(String::as_str));
+    let out = sites.a.run(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a refused file makes the import exit non-zero"
+    );
+    assert!(stdout.contains("30 imported, 1 skipped"), "{stdout}");
+    assert!(
+        stdout.contains("915_CTK-CSCL.csv"),
+        "the refusal names the file: {stdout}"
+    );
+
+    sites.start_all();
+    let on_a = sites.a.documents();
+    assert_eq!(on_a.len(), 30);
+    wait_for(
+        "B to hold the 30 documents",
+        Duration::from_secs(60),
+        || (sites.b.documents().len() == 30).then_some(()),
+    );
+
+    for doc in &on_a {
+        let id = doc["id"].as_str().unwrap();
+        let on_b = sites.b.get(&format!("/api/v1/documents/{id}"));
+        assert_eq!(&on_b, doc, "document {id} differs between A and B");
+        let on_r = sites.r.get(&format!("/api/v1/documents/{id}"));
+        assert_eq!(on_r["heads"], doc["heads"]);
+        assert_eq!(on_r["audience"], serde_json::json!([UNIT_A, UNIT_B]));
+        assert!(
+            on_r.get("body").is_none(),
+            "a relay lists who a record is for, not its text"
+        );
+    }
+
+    let ha_tinh = on_a
+        .iter()
+        .find(|d| d["number"] == "1665")
+        .expect("resolution 1665 imported");
+    assert_eq!(ha_tinh["notation"], "NQ-UBTVQH15");
+    assert_eq!(ha_tinh["type"], "Nghị quyết");
+    assert_eq!(ha_tinh["place"], "Hà Nội");
+    assert_eq!(ha_tinh["issued_date"], "2025-06-16");
+    assert!(
+        ha_tinh["subject"]
+            .as_str()
+            .unwrap()
+            .contains("tỉnh Hà Tĩnh"),
+        "{}",
+        ha_tinh["subject"]
+    );
+
+    // Search without diacritics finds it on the receiving node too.
+    let hits = sites.b.get("/api/v1/documents?q=ha%20tinh");
+    assert!(
+        hits["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["number"] == "1665")
+    );
+
+    let status = sites.b.get("/api/v1/status");
+    assert_eq!(status["unit"], UNIT_B);
+    assert_eq!(status["documents"], 30);
+    let peer = &status["peers"][0];
+    assert_eq!(peer["id"], sites.r.id.as_str());
+    assert_eq!(peer["connected"], true);
+    assert!(peer["last_sync"].is_string());
+}

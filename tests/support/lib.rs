@@ -1,0 +1,391 @@
+//! The harness Cabinet's scenario tests share: real `cabinet-node` and `cabinet-relay`
+//! processes in temporary data directories on loopback, started, stopped with SIGTERM,
+//! killed with SIGKILL and restarted, and driven through their HTTP API.
+//!
+//! The binaries come from the same target directory as the test (`cargo build --bins`
+//! runs first in the test command). When a test fails, the last lines of every process
+//! log are printed.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The shared test data (documents, traces), beside the repository.
+pub fn shared_data() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    assert!(
+        dir.is_dir(),
+        "the shared data directory {} is missing; it sits beside the repository",
+        dir.display()
+    );
+    dir
+}
+
+/// Path of a binary built into the same target directory as the running test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable has a path");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test runs from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --bins), as scripts/test does",
+        path.display()
+    );
+    path
+}
+
+/// A loopback address with a port free at the time of asking.
+pub fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("loopback TCP port")
+}
+
+pub fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("loopback UDP port")
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A response: status code and JSON body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply, String> {
+    let mut r = r.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok(Reply { status, body })
+}
+
+/// Which binary a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Node,
+    Relay,
+}
+
+/// One Cabinet process with its data directory, restartable with the same arguments.
+pub struct Process {
+    pub name: String,
+    pub kind: Kind,
+    pub data: PathBuf,
+    pub http: SocketAddr,
+    pub listen: SocketAddr,
+    pub id: String,
+    extra: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    /// Initialises a data directory for `unit` under `root`.
+    pub fn init(root: &Path, name: &str, kind: Kind, unit: &str) -> Process {
+        let data = root.join(name);
+        let bin = binary(match kind {
+            Kind::Node => "cabinet-node",
+            Kind::Relay => "cabinet-relay",
+        });
+        let out = Command::new(&bin)
+            .args(["--data", data.to_str().unwrap(), "init", "--unit", unit])
+            .output()
+            .expect("init runs");
+        assert!(
+            out.status.success(),
+            "init {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new(&bin)
+            .args(["--data", data.to_str().unwrap(), "id"])
+            .output()
+            .expect("id runs");
+        assert!(out.status.success());
+        let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Process {
+            name: name.into(),
+            kind,
+            log: root.join(format!("{name}.log")),
+            data,
+            http: free_tcp(),
+            listen: free_udp(),
+            id,
+            extra: Vec::new(),
+            child: None,
+        }
+    }
+
+    fn bin(&self) -> PathBuf {
+        binary(match self.kind {
+            Kind::Node => "cabinet-node",
+            Kind::Relay => "cabinet-relay",
+        })
+    }
+
+    /// `ID@127.0.0.1:PORT`, for another process's `--relay`, `--peer` or `--upstream`.
+    pub fn addr(&self) -> String {
+        format!("{}@{}", self.id, self.listen)
+    }
+
+    /// Arguments added to `serve` (peers, relays, roster).
+    pub fn with_args(&mut self, args: &[&str]) -> &mut Self {
+        self.extra.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Runs another subcommand on the same data directory and returns its output.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(self.bin())
+            .arg("--data")
+            .arg(&self.data)
+            .args(args)
+            .output()
+            .expect("subcommand runs")
+    }
+
+    /// Starts `serve` and waits until the API answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(self.bin())
+            .arg("--data")
+            .arg(&self.data)
+            .arg("serve")
+            .arg("--http")
+            .arg(self.http.to_string())
+            .arg("--listen")
+            .arg(self.listen.to_string())
+            .args(&self.extra)
+            .env("RUST_LOG", "info,iroh=warn,noq=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("serve starts");
+        self.child = Some(child);
+        let name = self.name.clone();
+        wait_for(
+            &format!("{name} to answer"),
+            Duration::from_secs(30),
+            || {
+                if let Some(c) = self.child.as_mut()
+                    && let Ok(Some(status)) = c.try_wait()
+                {
+                    panic!(
+                        "{name} exited during start-up ({status}); log:\n{}",
+                        self.log_tail(40)
+                    );
+                }
+                self.try_get("/api/v1/status")
+                    .ok()
+                    .filter(|r| r.status == 200)
+            },
+        );
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn try_get(&self, path: &str) -> Result<Reply, String> {
+        reply(agent().get(&self.url(path)).call())
+    }
+
+    pub fn try_post(&self, path: &str, body: &Value) -> Result<Reply, String> {
+        reply(agent().post(&self.url(path)).send_json(body))
+    }
+
+    pub fn try_patch(&self, path: &str, body: &Value) -> Result<Reply, String> {
+        reply(agent().patch(&self.url(path)).send_json(body))
+    }
+
+    /// GET that must succeed with 200.
+    pub fn get(&self, path: &str) -> Value {
+        let r = self
+            .try_get(path)
+            .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.name));
+        assert_eq!(r.status, 200, "GET {path} on {}: {}", self.name, r.body);
+        r.body
+    }
+
+    /// POST that must succeed with 201.
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        let r = self
+            .try_post(path, body)
+            .unwrap_or_else(|e| panic!("POST {path} on {}: {e}", self.name));
+        assert_eq!(r.status, 201, "POST {path} on {}: {}", self.name, r.body);
+        r.body
+    }
+
+    /// PATCH that must succeed with 200.
+    pub fn patch(&self, path: &str, body: &Value) -> Value {
+        let r = self
+            .try_patch(path, body)
+            .unwrap_or_else(|e| panic!("PATCH {path} on {}: {e}", self.name));
+        assert_eq!(r.status, 200, "PATCH {path} on {}: {}", self.name, r.body);
+        r.body
+    }
+
+    /// Every document the node lists (all pages).
+    pub fn documents(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let path = match &after {
+                Some(a) => format!("/api/v1/documents?limit=1000&after={a}"),
+                None => "/api/v1/documents?limit=1000".to_string(),
+            };
+            let page = self.get(&path);
+            out.extend(page["documents"].as_array().cloned().unwrap_or_default());
+            match page["next"].as_str() {
+                Some(n) => after = Some(n.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- last log lines of {} ----\n{}",
+                self.name,
+                self.log_tail(30)
+            );
+        }
+        self.kill();
+    }
+}
+
+/// Writes a roster listing `members` as (process, unit, role) and returns its path.
+pub fn roster(root: &Path, name: &str, members: &[(&Process, &str)]) -> PathBuf {
+    let mut text = String::new();
+    for (p, unit) in members {
+        let role = match p.kind {
+            Kind::Node => "node",
+            Kind::Relay => "relay",
+        };
+        text.push_str(&format!(
+            "[[member]]\nid = \"{}\"\nunit = \"{unit}\"\nrole = \"{role}\"\n\n",
+            p.id
+        ));
+    }
+    let path = root.join(name);
+    std::fs::write(&path, text).expect("roster written");
+    path
+}
+
+/// Relay R for cluster 42-445 (former Huyện Thạch Hà, Hà Tĩnh), node A for Xã Thạch Hà
+/// (18562) and node B for Xã Lộc Hà (18568), both of that cluster, each with R as relay.
+/// Nothing is started.
+pub struct ThreeSites {
+    pub root: tempfile::TempDir,
+    pub r: Process,
+    pub a: Process,
+    pub b: Process,
+}
+
+pub const UNIT_A: &str = "18562";
+pub const UNIT_B: &str = "18568";
+pub const CLUSTER: &str = "42-445";
+
+impl ThreeSites {
+    pub fn new() -> ThreeSites {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut r = Process::init(root.path(), "relay-R", Kind::Relay, CLUSTER);
+        let mut a = Process::init(root.path(), "node-A", Kind::Node, UNIT_A);
+        let mut b = Process::init(root.path(), "node-B", Kind::Node, UNIT_B);
+        let roster = roster(root.path(), "roster.toml", &[(&a, UNIT_A), (&b, UNIT_B)]);
+        r.with_args(&["--roster", roster.to_str().unwrap()]);
+        let relay = r.addr();
+        a.with_args(&["--relay", &relay]);
+        b.with_args(&["--relay", &relay]);
+        ThreeSites { root, r, a, b }
+    }
+
+    pub fn start_all(&mut self) {
+        self.r.start();
+        self.a.start();
+        self.b.start();
+    }
+}
+
+impl Default for ThreeSites {
+    fn default() -> Self {
+        ThreeSites::new()
+    }
+}
