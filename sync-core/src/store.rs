@@ -44,14 +44,20 @@ pub enum StoreError {
     #[error("record {id} is stored but cannot be loaded: {source}")]
     Corrupt {
         id: DocId,
-        source: automerge::AutomergeError,
+        source: Box<automerge::AutomergeError>,
     },
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(Box<ModelError>),
     #[error("the store at {path} has not been initialised: run `init` first")]
     NotInitialised { path: String },
     #[error("the store's metadata is damaged: {0}")]
     BadMeta(String),
+}
+
+impl From<ModelError> for StoreError {
+    fn from(e: ModelError) -> StoreError {
+        StoreError::Model(Box::new(e))
+    }
 }
 
 /// A store's identity: a random id created with it. A different epoch for a known peer
@@ -408,7 +414,7 @@ impl Store {
         };
         let corrupt = |source| StoreError::Corrupt {
             id: id.clone(),
-            source,
+            source: Box::new(source),
         };
         let mut doc = Automerge::load(&snapshot)
             .map_err(corrupt)?
@@ -471,14 +477,15 @@ impl Store {
     ) -> Result<Option<u64>, StoreError> {
         // Inside the write lock: if another process wrote since `doc` was loaded, fold
         // its version in (a CRDT merge loses nothing) before writing ours.
-        if self.batch_depth == 1 && self.others_wrote_before_batch {
-            if let Some(mut stored) = self.load(id)? {
-                stored.merge(doc).map_err(|source| StoreError::Corrupt {
-                    id: id.clone(),
-                    source,
-                })?;
-                *doc = stored;
-            }
+        if self.batch_depth == 1
+            && self.others_wrote_before_batch
+            && let Some(mut stored) = self.load(id)?
+        {
+            stored.merge(doc).map_err(|source| StoreError::Corrupt {
+                id: id.clone(),
+                source: Box::new(source),
+            })?;
+            *doc = stored;
         }
         let exists = self.contains(id)?;
         if exists && doc.get_heads() == before {
