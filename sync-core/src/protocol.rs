@@ -78,6 +78,9 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// The sender did not keep the changes it was sent for this record (the policy
+    /// refused them): the receiver must not count the record as delivered.
+    Refused { record: String },
     /// Everything the sender stored up to `seq` (sender's numbering, sender's epoch) is
     /// now committed on the receiver. `pending` counts records the sender still has to
     /// offer, for status pages.
@@ -155,6 +158,9 @@ pub struct Session {
     /// Offered and not yet confirmed, by our seq.
     pending: BTreeMap<u64, DocId>,
     pending_seq: HashMap<DocId, u64>,
+    /// Records the peer refused in this session, with the seq it refused; offered again
+    /// only when they change here.
+    refused_by_peer: HashMap<DocId, u64>,
     states: LruCache<DocId, sync::State>,
     progress_sent: u64,
     /// How many records the peer said it still has for us.
@@ -175,6 +181,7 @@ impl Session {
             scanned: 0,
             pending: BTreeMap::new(),
             pending_seq: HashMap::new(),
+            refused_by_peer: HashMap::new(),
             states: LruCache::new(NonZeroUsize::new(SYNC_STATES_IN_MEMORY).expect("non-zero")),
             progress_sent: 0,
             pending_in: 0,
@@ -255,6 +262,19 @@ impl Session {
                 }
                 let id = DocId::parse(&record).map_err(|_| ProtocolError::BadRecordId)?;
                 self.on_sync(store, id, &data, &mut out)?;
+            }
+            Message::Refused { record } => {
+                if !self.hello_received {
+                    return Err(ProtocolError::NoHello);
+                }
+                let id = DocId::parse(&record).map_err(|_| ProtocolError::BadRecordId)?;
+                if let Some(seq) = self.pending_seq.remove(&id) {
+                    self.pending.remove(&seq);
+                    tracing::warn!(peer = %short(&self.peer_id), record = %id,
+                        "the peer refused a record it was offered");
+                    self.refused_by_peer.insert(id.clone(), seq);
+                    self.states.pop(&id);
+                }
             }
             Message::Progress {
                 epoch,
@@ -366,8 +386,11 @@ impl Session {
             for meta in batch {
                 self.scanned = meta.seq;
                 if !policy::may_hold(&peer, &meta.header) {
+                    // Possibly in flight from before an audience change: no longer owed.
+                    self.delivered(&meta.id);
                     continue;
                 }
+                self.refused_by_peer.remove(&meta.id);
                 if let Some(old) = self.pending_seq.insert(meta.id.clone(), meta.seq) {
                     self.pending.remove(&old);
                 }
@@ -433,103 +456,139 @@ impl Session {
             record: id.clone(),
             reason: e.to_string(),
         })?;
+        if self.refused_by_peer.contains_key(&id) {
+            // The peer refused our last offer of this record; the exchange for it rests
+            // until the record changes here again.
+            return Ok(());
+        }
         let peer = self.peer_member()?.clone();
 
         // What we hold, as far as this peer may know: a record it may not see is treated
         // exactly like one we do not have, and nothing it sends for it is kept.
-        let (mut doc, before_header, visible) = match store.take(&id)? {
+        let (mut doc, before_header, hidden) = match store.take(&id)? {
             Some(doc) => {
                 let header = model::read_header(&doc).ok();
                 if header.as_ref().is_some_and(|h| policy::may_hold(&peer, h)) {
-                    (doc, header, true)
+                    (doc, header, false)
                 } else {
                     store.untake(id.clone(), doc);
-                    (Automerge::new(), None, false)
+                    (Automerge::new(), None, true)
                 }
             }
-            None => (Automerge::new(), None, true),
+            None => (Automerge::new(), None, false),
         };
         let existed = before_header.is_some();
+        // Whether `doc` is the store's copy, to be given back to its cache afterwards.
+        let mut stored = existed;
         let before = doc.get_heads();
         let state = self.state(store, &id)?;
         let received = catch_unwind(AssertUnwindSafe(|| {
             doc.receive_sync_message(state, message)
         }));
-        match received {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(ProtocolError::BadSyncMessage {
-                    record: id,
-                    reason: e.to_string(),
-                });
+        let failure = match received {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("automerge panicked on this message".to_string()),
+        };
+        if let Some(reason) = failure {
+            if existed {
+                // Put the stored version back; the half-applied copy is dropped.
+                store.get(&id)?;
             }
-            Err(_) => {
-                return Err(ProtocolError::BadSyncMessage {
-                    record: id,
-                    reason: "automerge panicked on this message".into(),
-                });
-            }
+            return Err(ProtocolError::BadSyncMessage { record: id, reason });
         }
 
-        let changed = doc.get_heads() != before;
-        let mut keep = visible;
-        if changed && visible {
+        if doc.get_heads() != before {
             let verdict = model::read_header(&doc)
+                .and_then(|after| model::to_json(&id, &doc).map(|_| after))
                 .map_err(|e| e.to_string())
                 .and_then(|after| {
                     policy::may_accept(&self.me, &peer, before_header.as_ref(), &after)
                         .map_err(|r| r.to_string())
                 });
             if let Err(reason) = verdict {
-                // A change we refuse is dropped whole; the stored record is untouched and
-                // the next access reloads it. The session goes on: the refusal may be an
-                // honest race with an audience change.
-                tracing::warn!(peer = %short(&self.peer_id), record = %id, %reason,
-                    "refused a change from a peer");
-                self.stats.changes_refused += 1;
-                keep = false;
+                return self.refuse(store, id, existed, &reason, out);
             }
-        } else if changed {
-            self.stats.changes_refused += 1;
-        }
-
-        // The document to answer from, and whether it belongs back in the store's cache.
-        let (reply_doc, stored) = if keep && changed {
+            if hidden {
+                return self.drop_hidden(store, id, doc, out);
+            }
             store.put(&id, doc, &before)?;
             self.stats.records_stored += 1;
             let state = self.state(store, &id)?.clone();
             store.save_sync_state(&self.peer_id, &id, &state)?;
-            (store.take(&id)?.unwrap_or_default(), true)
-        } else if keep && existed {
-            (doc, true)
-        } else if existed {
-            // A refused change to a record we hold: answer from the stored version; the
-            // peer's changes are dropped with `doc`.
-            drop(doc);
-            (store.take(&id)?.unwrap_or_default(), true)
-        } else {
-            (doc, false)
-        };
+            doc = store.take(&id)?.unwrap_or_default();
+            stored = true;
+        }
 
         let result = (|| {
             let state = self.state(store, &id)?;
-            let reply = generate(&reply_doc, state, &id)?;
-            let in_sync = state.their_heads.as_deref() == Some(&reply_doc.get_heads()[..]);
+            let reply = generate(&doc, state, &id)?;
+            let in_sync = state.their_heads.as_deref() == Some(&doc.get_heads()[..]);
             if let Some(reply) = reply {
                 out.push(Message::Sync {
                     record: id.to_string(),
                     data: reply.encode(),
                 });
             }
-            if in_sync && keep {
+            if in_sync && !doc.get_heads().is_empty() {
                 self.delivered(&id);
             }
             Ok(())
         })();
         if stored {
-            store.untake(id, reply_doc);
+            store.untake(id, doc);
         }
         result
+    }
+
+    /// Drops what a peer sent for a record we hold but may not show it. Whatever the peer
+    /// claims in its copy, it never writes into ours: the stored record is untouched.
+    /// The reply comes from the copy that received the peer's changes, exactly as it would
+    /// for a record new to us, so the peer learns nothing of the one we hold.
+    fn drop_hidden(
+        &mut self,
+        store: &mut Store,
+        id: DocId,
+        doc: Automerge,
+        out: &mut Vec<Message>,
+    ) -> Result<(), ProtocolError> {
+        tracing::warn!(peer = %short(&self.peer_id), record = %id,
+            "dropped changes from a peer to a record it may not see");
+        self.stats.changes_refused += 1;
+        let state = self.state(store, &id)?;
+        if let Some(reply) = generate(&doc, state, &id)? {
+            out.push(Message::Sync {
+                record: id.to_string(),
+                data: reply.encode(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Drops a change the policy refused and tells the peer, so it neither counts the
+    /// record as delivered nor keeps asking: the stored record is untouched, and the
+    /// exchange for it rests until one side changes it again. The session goes on, as the
+    /// cause may be an honest race with an audience change.
+    fn refuse(
+        &mut self,
+        store: &mut Store,
+        id: DocId,
+        existed: bool,
+        reason: &str,
+        out: &mut Vec<Message>,
+    ) -> Result<(), ProtocolError> {
+        tracing::warn!(peer = %short(&self.peer_id), record = %id, %reason,
+            "refused a change from a peer");
+        self.stats.changes_refused += 1;
+        // What this state learnt came with the refused change: forget it.
+        self.states.pop(&id);
+        if existed {
+            store.get(&id)?;
+        }
+        out.push(Message::Refused {
+            record: id.to_string(),
+        });
+        Ok(())
     }
 
     /// Sends Progress when every record up to a higher seq than last said is delivered.

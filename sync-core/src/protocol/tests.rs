@@ -304,3 +304,70 @@ fn garbage_ends_the_session_without_touching_the_store() {
     assert_eq!(a.store.count().unwrap(), before);
     let _ = a.id;
 }
+
+#[test]
+fn a_forged_copy_of_a_hidden_record_neither_writes_into_it_nor_learns_of_it() {
+    // A holds a commune-only record; B has learnt its id and builds its own record under
+    // that id, owned by A's unit and claiming B in its audience.
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let secret = create(&mut a.store, &header(A, &[]), "chỉ của xã A");
+    let before = json(&mut a.store, &secret);
+    let forged = model::create_document(
+        &header(A, &[A, B]),
+        &DocumentPatch {
+            subject: Some("giả mạo".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    b.store.put(&secret, forged, &[]).unwrap();
+
+    run(&mut a, &mut b);
+
+    assert_eq!(json(&mut a.store, &secret), before);
+    let on_b = json(&mut b.store, &secret);
+    assert_eq!(on_b["subject"], "giả mạo");
+    assert!(!on_b.to_string().contains("chỉ của xã A"));
+    assert!(a.session.stats().changes_refused >= 1);
+    // The stored copy, reloaded from disk, is A's own too.
+    let mut reopened = a.store;
+    reopened.set_cache_capacity(1);
+    let other = create(&mut reopened, &header(A, &[]), "đẩy bộ nhớ đệm");
+    let _ = json(&mut reopened, &other);
+    assert_eq!(json(&mut reopened, &secret)["heads"], before["heads"]);
+}
+
+#[test]
+fn a_refused_change_ends_the_exchange_for_that_record_and_nothing_else() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let shared = create(&mut a.store, &header(A, &[A, B]), "chung");
+    run(&mut a, &mut b);
+    let before = json(&mut a.store, &shared);
+
+    // B rewrites who created A's record (no honest client does), and also creates a
+    // record of its own that A may receive.
+    b.store
+        .modify(&shared, |d| {
+            use automerge::ReadDoc;
+            use automerge::transaction::Transactable;
+            let (_, h) = d.get(automerge::ROOT, "header")?.expect("header");
+            let mut tx = d.transaction();
+            tx.put(&h, "created_by", "kẻ gian")?;
+            tx.commit();
+            Ok(())
+        })
+        .unwrap();
+    let fresh = create(&mut b.store, &header(B, &[A, B]), "mới từ B");
+    restart_session(&mut a, member(A, Role::Node), "b");
+    restart_session(&mut b, member(B, Role::Node), "a");
+    run(&mut a, &mut b);
+
+    assert_eq!(json(&mut a.store, &shared), before);
+    assert_eq!(json(&mut a.store, &fresh), json(&mut b.store, &fresh));
+    assert!(a.session.stats().changes_refused >= 1);
+    // B was told: it holds nothing in flight and its cursor moved on.
+    assert_eq!(b.session.pending_out(), 0);
+    assert!(b.session.is_idle());
+}
