@@ -5,53 +5,8 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use scenario::{ThreeSites, UNIT_B, wait_for};
+use scenario::{Acknowledged, ThreeSites, UNIT_B, wait_for, write_burst};
 use serde_json::json;
-
-/// What the burst saw acknowledged before the node died.
-#[derive(Default)]
-struct Acknowledged {
-    tokens: Vec<String>,
-    created: Vec<String>,
-}
-
-/// Edits `doc` and creates documents as fast as the node answers, until it stops
-/// answering; reports what it was told had committed.
-fn burst(http: std::net::SocketAddr, doc: String, round: usize) -> Acknowledged {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let mut acked = Acknowledged::default();
-    for i in 0.. {
-        let token = format!("⟨{round}.{i}⟩");
-        let r = agent
-            .patch(&format!("http://{http}/api/v1/documents/{doc}"))
-            .send_json(json!({ "body_splice": { "pos": 0, "delete": 0, "insert": token } }));
-        match r {
-            Ok(resp) if resp.status() == 200 => acked.tokens.push(token),
-            Ok(resp) => panic!("edit refused with {}", resp.status()),
-            Err(_) => break,
-        }
-        if i % 4 == 0 {
-            let r = agent
-                .post(&format!("http://{http}/api/v1/documents"))
-                .send_json(
-                    json!({ "subject": format!("Văn bản {round}.{i}"), "audience": [UNIT_B] }),
-                );
-            match r {
-                Ok(mut resp) if resp.status() == 201 => {
-                    let v: serde_json::Value = resp.body_mut().read_json().unwrap();
-                    acked.created.push(v["id"].as_str().unwrap().to_string());
-                }
-                Ok(resp) => panic!("create refused with {}", resp.status()),
-                Err(_) => break,
-            }
-        }
-    }
-    acked
-}
 
 #[test]
 fn every_acknowledged_write_survives_sigkill_and_reaches_the_other_node() {
@@ -73,7 +28,7 @@ fn every_acknowledged_write_survives_sigkill_and_reaches_the_other_node() {
         let d = doc.clone();
         let worker = std::thread::spawn(move || {
             tx.send(()).unwrap();
-            burst(http, d, round)
+            write_burst(http, &d, &round.to_string(), UNIT_B, || false)
         });
         rx.recv().unwrap();
         let started = Instant::now();
@@ -85,8 +40,7 @@ fn every_acknowledged_write_survives_sigkill_and_reaches_the_other_node() {
             "round {round}: no edit was acknowledged in {:?}",
             started.elapsed()
         );
-        all.tokens.extend(acked.tokens);
-        all.created.extend(acked.created);
+        all.extend(acked);
 
         sites.a.start();
         let body = sites.a.get(&format!("/api/v1/documents/{doc}"))["body"]
@@ -109,18 +63,7 @@ fn every_acknowledged_write_survives_sigkill_and_reaches_the_other_node() {
     wait_for(
         "B to hold every acknowledged write",
         Duration::from_secs(60),
-        || {
-            let body = sites.b.try_get(&format!("/api/v1/documents/{doc}")).ok()?;
-            let body = body.body["body"].as_str()?.to_string();
-            let all_edits = all.tokens.iter().all(|t| body.contains(t.as_str()));
-            let all_docs = all.created.iter().all(|id| {
-                sites
-                    .b
-                    .try_get(&format!("/api/v1/documents/{id}"))
-                    .is_ok_and(|r| r.status == 200)
-            });
-            (all_edits && all_docs).then_some(())
-        },
+        || all.all_on(&sites.b, &doc).then_some(()),
     );
     assert_eq!(
         sites.a.get(&format!("/api/v1/documents/{doc}")),

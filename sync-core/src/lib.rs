@@ -14,7 +14,9 @@
 //! - [`import`]: reading official documents from Markdown or text files.
 //! - [`identity`]: the node key kept in the data directory.
 //! - [`service`]: the data directory, status and logging shared by both binaries.
+//! - [`determinism`]: the clock and randomness, seeded in simulations.
 
+pub mod determinism;
 pub mod identity;
 pub mod import;
 pub mod model;

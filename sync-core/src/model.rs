@@ -23,6 +23,8 @@ use automerge::{ActorId, Automerge, ChangeHash, Cursor, ObjId, ObjType, ROOT, Re
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
+use crate::determinism;
+
 /// Editable scalar fields of a document, by their JSON (and automerge) key.
 ///
 /// Decree 30/2020/NĐ-CP art. 8: type (tên loại), number (số), notation (ký hiệu), issuing
@@ -57,7 +59,10 @@ pub struct DocId(String);
 impl DocId {
     /// A fresh id, time-ordered so that new records cluster in the store's index.
     pub fn new() -> DocId {
-        DocId(uuid::Uuid::now_v7().hyphenated().to_string())
+        let millis = determinism::now_micros() / 1000;
+        let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &determinism::random_bytes())
+            .into_uuid();
+        DocId(uuid.hyphenated().to_string())
     }
 
     /// Accepts only the canonical hyphenated form, so one record has exactly one id.
@@ -268,7 +273,9 @@ pub struct NewAnnotation {
 /// The current time in Vietnam's time zone, ISO 8601 (`2026-12-03T19:21:59+07:00`).
 pub fn now_vietnam() -> String {
     let offset = chrono::FixedOffset::east_opt(7 * 3600).expect("+07:00 is a valid offset");
-    chrono::Utc::now()
+    let micros = determinism::now_micros() as i64;
+    chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap_or_default()
         .with_timezone(&offset)
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
 }
@@ -278,7 +285,7 @@ pub fn now_vietnam() -> String {
 /// reloaded after a failed write) can never both extend the same actor's sequence, which
 /// automerge would reject as a duplicate.
 pub fn fresh_actor() -> ActorId {
-    ActorId::random()
+    ActorId::from(determinism::random_bytes::<16>())
 }
 
 fn get_str<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<String> {

@@ -335,10 +335,12 @@ impl Session {
                 self.peer = Some(Member { unit, role });
             }
         }
-        // A new epoch means the peer's store was re-created: what we knew of it is void.
+        // A new epoch means the peer's store was re-created: what we knew of it is void,
+        // the heads we thought we shared with it included.
         let known = store.peer(&self.peer_id)?;
         if known.epoch.as_deref() != Some(epoch.as_str()) {
             store.set_peer_cursor(&self.peer_id, &epoch, 0)?;
+            store.forget_sync_states(&self.peer_id)?;
         }
         // Where to start offering our records: after the cursor the peer holds for us, if
         // it belongs to this store's epoch and does not claim more than we ever numbered.

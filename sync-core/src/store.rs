@@ -25,6 +25,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value as Json;
 use tokio::sync::watch;
 
+use crate::determinism;
 use crate::model::{self, DocId, Header, Kind, ModelError};
 
 /// How many loaded documents the cache keeps by default.
@@ -158,7 +159,7 @@ impl Store {
     pub fn create(path: &Path, unit: &str, name: &str) -> Result<Store, StoreError> {
         let conn = Connection::open(path)?;
         Self::configure(&conn)?;
-        let epoch = hex::encode(uuid::Uuid::new_v4().as_bytes());
+        let epoch = hex::encode(determinism::random_bytes::<16>());
         for (k, v) in [("epoch", epoch.as_str()), ("unit", unit), ("name", name)] {
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
@@ -184,7 +185,7 @@ impl Store {
     pub fn in_memory(unit: &str) -> Result<Store, StoreError> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
-        let epoch = hex::encode(uuid::Uuid::new_v4().as_bytes());
+        let epoch = hex::encode(determinism::random_bytes::<16>());
         for (k, v) in [("epoch", epoch.as_str()), ("unit", unit), ("name", unit)] {
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)",
@@ -343,10 +344,7 @@ impl Store {
     }
 
     fn next_seq(&mut self) -> Result<u64, StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        let now = determinism::now_micros();
         let seq = (self.max_seq()? + 1).max(now);
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
@@ -767,6 +765,13 @@ impl Store {
         Ok(bytes
             .and_then(|b| sync::State::decode(&b).ok())
             .unwrap_or_default())
+    }
+
+    /// Drops every sync state kept for `peer` (its store was re-created).
+    pub fn forget_sync_states(&self, peer: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM sync_states WHERE peer = ?1", [peer])?;
+        Ok(())
     }
 
     pub fn save_sync_state(

@@ -389,3 +389,87 @@ impl Default for ThreeSites {
         ThreeSites::new()
     }
 }
+
+/// What a burst of writes was told had committed.
+#[derive(Debug, Default)]
+pub struct Acknowledged {
+    /// Tokens inserted at the start of the edited document's body.
+    pub tokens: Vec<String>,
+    /// Ids of the documents created.
+    pub created: Vec<String>,
+}
+
+/// Edits `doc` on the node at `http` (a token inserted at the start of its body) and
+/// creates a document visible to `audience` every fourth edit, as fast as the node
+/// answers, until the node stops answering or `stop` says so. Returns what the node
+/// acknowledged; any refusal (a 4xx or 5xx) fails the test.
+pub fn write_burst(
+    http: SocketAddr,
+    doc: &str,
+    label: &str,
+    audience: &str,
+    stop: impl Fn() -> bool,
+) -> Acknowledged {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut acked = Acknowledged::default();
+    for i in 0.. {
+        if stop() {
+            break;
+        }
+        let token = format!("⟨{label}.{i}⟩");
+        let r = agent
+            .patch(&format!("http://{http}/api/v1/documents/{doc}"))
+            .send_json(serde_json::json!({
+                "body_splice": { "pos": 0, "delete": 0, "insert": token }
+            }));
+        match r {
+            Ok(resp) if resp.status() == 200 => acked.tokens.push(token),
+            Ok(resp) => panic!("edit refused with {}", resp.status()),
+            Err(_) => break,
+        }
+        if i % 4 == 0 {
+            let r = agent
+                .post(&format!("http://{http}/api/v1/documents"))
+                .send_json(serde_json::json!({
+                    "subject": format!("Văn bản {label}.{i}"),
+                    "audience": [audience],
+                }));
+            match r {
+                Ok(mut resp) if resp.status() == 201 => {
+                    let v: Value = resp.body_mut().read_json().expect("JSON reply");
+                    acked
+                        .created
+                        .push(v["id"].as_str().expect("an id").to_string());
+                }
+                Ok(resp) => panic!("create refused with {}", resp.status()),
+                Err(_) => break,
+            }
+        }
+    }
+    acked
+}
+
+impl Acknowledged {
+    pub fn extend(&mut self, other: Acknowledged) {
+        self.tokens.extend(other.tokens);
+        self.created.extend(other.created);
+    }
+
+    /// Does `node` hold every acknowledged write (the tokens in `doc`'s body, and every
+    /// created document)?
+    pub fn all_on(&self, node: &Process, doc: &str) -> bool {
+        let Ok(r) = node.try_get(&format!("/api/v1/documents/{doc}")) else {
+            return false;
+        };
+        let body = r.body["body"].as_str().unwrap_or_default().to_string();
+        self.tokens.iter().all(|t| body.contains(t.as_str()))
+            && self.created.iter().all(|id| {
+                node.try_get(&format!("/api/v1/documents/{id}"))
+                    .is_ok_and(|r| r.status == 200)
+            })
+    }
+}

@@ -371,3 +371,116 @@ fn a_refused_change_ends_the_exchange_for_that_record_and_nothing_else() {
     assert_eq!(b.session.pending_out(), 0);
     assert!(b.session.is_idle());
 }
+
+/// Ends both sessions as a closed connection does: each side keeps its sync states.
+fn disconnect(a: &mut Side, b: &mut Side) {
+    a.session.persist_states(&mut a.store).unwrap();
+    b.session.persist_states(&mut b.store).unwrap();
+    a.inbox.clear();
+    b.inbox.clear();
+}
+
+#[test]
+fn a_lost_reply_and_an_immediate_reconnect_converge_in_a_few_round_trips_then_go_quiet() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let ids: Vec<DocId> = (0..10)
+        .map(|i| create(&mut a.store, &header(A, &[B]), &format!("vb {i}")))
+        .collect();
+    b.inbox.extend(a.session.start(&a.store).unwrap());
+    a.inbox.extend(b.session.start(&b.store).unwrap());
+    // Carry messages until B has stored something and answered, then lose that answer
+    // and everything after it: the connection dies.
+    while b.store.count().unwrap() < 3 {
+        assert!(step(&mut a, &mut b) | step(&mut b, &mut a), "stalled");
+    }
+    disconnect(&mut a, &mut b);
+
+    // B reconnects at once with the same identity.
+    restart_session(&mut a, member(A, Role::Node), "b");
+    restart_session(&mut b, member(B, Role::Node), "a");
+    let crossed = run(&mut a, &mut b);
+    for id in &ids {
+        assert_eq!(json(&mut a.store, id), json(&mut b.store, id));
+    }
+    assert!(a.session.is_idle() && b.session.is_idle());
+    // A few messages per record, not an exchange that repeats itself.
+    assert!(
+        crossed < 6 * ids.len(),
+        "{crossed} messages for {} records",
+        ids.len()
+    );
+
+    // And the next reconnect has nothing to say beyond hellos.
+    disconnect(&mut a, &mut b);
+    restart_session(&mut a, member(A, Role::Node), "b");
+    restart_session(&mut b, member(B, Role::Node), "a");
+    let quiet = run(&mut a, &mut b);
+    assert!(
+        quiet <= 4,
+        "{quiet} messages between two peers that are in sync"
+    );
+}
+
+#[test]
+fn changes_held_back_by_the_network_arrive_later_and_are_never_counted_as_sent() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let first = create(&mut a.store, &header(A, &[B]), "trước");
+    run(&mut a, &mut b);
+    let confirmed = a.store.peer("b").unwrap().delivered;
+    assert_eq!(confirmed, a.store.max_seq().unwrap());
+
+    // The link stays up but nothing A sends gets through for a while; A keeps working.
+    let mut held = VecDeque::new();
+    let mut later = Vec::new();
+    for i in 0..5 {
+        later.push(create(&mut a.store, &header(A, &[B]), &format!("sau {i}")));
+        a.store
+            .modify(&first, |d| model::splice_body(d, 0, 0, &format!("{i} ")))
+            .unwrap();
+        held.extend(a.session.poll_local(&mut a.store).unwrap());
+        // B hears nothing, so nothing of it may be counted as delivered: every record
+        // A last changed at or below the seq it says B holds is on B as it is on A.
+        let delivered = a.store.peer("b").unwrap().delivered;
+        for meta in a.store.changed_since(0, 1000).unwrap() {
+            if meta.seq <= delivered {
+                assert_eq!(json(&mut a.store, &meta.id), json(&mut b.store, &meta.id));
+            }
+        }
+        assert!(a.session.pending_out() > 0);
+    }
+    assert_eq!(b.store.peer("a").unwrap().cursor, confirmed);
+
+    // The network recovers without any restart: what was held arrives, in order.
+    b.inbox.extend(held);
+    pump(&mut a, &mut b);
+    for id in later.iter().chain([&first]) {
+        assert_eq!(json(&mut a.store, id), json(&mut b.store, id));
+    }
+    assert!(a.session.is_idle());
+    assert_eq!(
+        b.store.peer("a").unwrap().cursor,
+        a.store.max_seq().unwrap(),
+        "B's cursor reaches A's last change once it all arrived"
+    );
+}
+
+#[test]
+fn a_wiped_peer_with_sync_states_on_record_still_gets_everything_back() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let ids: Vec<DocId> = (0..10)
+        .map(|i| create(&mut a.store, &header(A, &[B]), &format!("vb {i}")))
+        .collect();
+    run(&mut a, &mut b);
+    disconnect(&mut a, &mut b);
+    // B's disk is replaced; A still remembers what B had, record by record.
+    b.store = Store::in_memory(B).unwrap();
+    restart_session(&mut a, member(A, Role::Node), "b");
+    restart_session(&mut b, member(B, Role::Node), "a");
+    run(&mut a, &mut b);
+    for id in &ids {
+        assert_eq!(json(&mut a.store, id), json(&mut b.store, id));
+    }
+}
