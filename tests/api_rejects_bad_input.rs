@@ -17,7 +17,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 
     let cases = [
         (a.try_get("/api/v1/documents/0190f5c2-8a1b-7c3d-9e4f-001122334455"), 404),
-        (a.try_get("/api/v1/documents/..%2Fetc%2Fpasswd"), 404),
+        (a.try_get("/api/v1/documents/..%2Fetc%2Fpasswd"), 400),
         (a.try_get("/api/v1/documents?limit=0"), 400),
         (a.try_get("/api/v1/documents?after=nonsense"), 400),
         (a.try_get("/api/v1/nothing-here"), 404),
@@ -29,6 +29,17 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         (a.try_patch(&path, &json!({ "audience": ["18568"] })), 400),
         (a.try_post(&format!("{path}/annotations"), &json!({ "text": "x", "anchor": { "start": 3, "end": 99 }, "visibility": "audience" })), 400),
         (a.try_post(&format!("{path}/annotations"), &json!({ "text": "x", "visibility": "secret" })), 400),
+        (a.try_post(&format!("{path}/annotations"), &json!({ "text": "x", "visibility": "audience", "author": "Mallory" })), 400),
+        (a.try_post("/api/v1/documents", &json!(["Quyết định", "01"])), 400),
+        (a.try_post("/api/v1/documents", &json!({ "issued_date": "hôm qua" })), 400),
+        (a.try_patch(&path, &json!({ "due_date": "2026-13-32" })), 400),
+        // What a page on another site could make the clerk's browser send.
+        (a.try_raw("POST", "/api/v1/documents", &[("Content-Type", "text/plain")], r#"{"subject":"csrf"}"#), 415),
+        (a.try_raw("POST", "/api/v1/documents", &[("Content-Type", "application/json"), ("Origin", "http://evil.example")], r#"{"subject":"csrf"}"#), 403),
+        (a.try_raw("GET", "/api/v1/status", &[("Host", "evil.example:7700")], ""), 421),
+        // Errors axum raises before a handler runs have the same shape.
+        (a.try_raw("PUT", &path, &[("Content-Type", "application/json")], "{}"), 405),
+        (a.try_raw("POST", "/api/v1/documents", &[("Content-Type", "application/json")], &format!(r#"{{"body":"{}"}}"#, "x".repeat(9 << 20))), 413),
     ];
     for (i, (reply, expected)) in cases.into_iter().enumerate() {
         let reply = reply.unwrap();
@@ -45,8 +56,39 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     let after = a.get(&path);
     assert_eq!(after, doc, "nothing changed");
     assert_eq!(a.get("/api/v1/status")["documents"], 1);
+
+    // A deleted document takes no new annotations.
+    let gone = a.post("/api/v1/documents", &json!({ "subject": "Bỏ" }));
+    let gone_path = format!("/api/v1/documents/{}", gone["id"].as_str().unwrap());
     assert_eq!(
-        a.get(&format!("{path}/annotations"))["annotations"],
-        json!([])
+        a.try_raw("DELETE", &gone_path, &[], "").unwrap().status,
+        200
+    );
+    let r = a
+        .try_post(
+            &format!("{gone_path}/annotations"),
+            &json!({ "text": "x", "visibility": "audience" }),
+        )
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    // The node's own page (same origin) and an anchor at the very end of the body are fine.
+    let own = format!("http://{}", a.http);
+    let r = a
+        .try_raw(
+            "POST",
+            &format!("{path}/annotations"),
+            &[("Content-Type", "application/json"), ("Origin", &own)],
+            r#"{"text": "cuối", "anchor": {"start": 8, "end": 8}, "visibility": "audience"}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["anchor"], json!({"start": 8, "end": 8}));
+    assert_eq!(r.body["author"], a.id);
+    assert_eq!(
+        a.get(&format!("{path}/annotations"))["annotations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
     );
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -56,8 +56,11 @@ pub fn router(state: AppState) -> Router {
             get(list_annotations).post(create_annotation),
         )
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(same_origin_json))
         .layer(middleware::from_fn(setup_mode))
+        .layer(middleware::map_response(errors_as_json))
         .with_state(state)
 }
 
@@ -123,8 +126,117 @@ async fn setup_mode(
     next.run(request).await
 }
 
+/// Refuses what a web page elsewhere could make the clerk's browser send. The node trusts
+/// requests from this machine in setup mode, so a page on any site open in the clerk's
+/// browser could otherwise write into the store (a form posted across sites) or read it
+/// (a host name of the attacker's that resolves to 127.0.0.1).
+///
+/// - The `Host` must name the node by an IP address or `localhost`, never by a domain
+///   name the node cannot vouch for.
+/// - A request that changes something must come from the node's own pages (no `Origin`,
+///   or an `Origin` equal to the node's own) and carry its body as
+///   `application/json`, which a cross-site form cannot send.
+async fn same_origin_json(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !host_is_an_address(host) {
+        return ApiError(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this node answers only to its address (such as 127.0.0.1:7700), not to \
+                 the name {host:?}"
+            ),
+        )
+        .into_response();
+    }
+    let method = request.method();
+    let writes = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if writes {
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let own = format!("http://{host}");
+            if origin.to_str().ok() != Some(own.as_str()) {
+                return ApiError(
+                    StatusCode::FORBIDDEN,
+                    "requests from another site's pages are refused".into(),
+                )
+                .into_response();
+            }
+        }
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json && *method != Method::DELETE {
+            return ApiError(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the request body as JSON with Content-Type: application/json".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Is `host` (a `Host` header: name or address, optional port) an IP address or
+/// `localhost`?
+fn host_is_an_address(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Gives every error the API's shape, `{ "error": "…" }`, including those that axum
+/// produces itself before a handler runs (a body over the size limit, a bad path).
+async fn errors_as_json(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .filter(|t| !t.is_empty());
+    let message = match (status, text) {
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => format!(
+            "the request body is larger than the limit of {} MiB",
+            MAX_BODY_BYTES / (1024 * 1024)
+        ),
+        (_, Some(text)) => text,
+        (_, None) => status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string(),
+    };
+    let mut out = ApiError(status, message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not take that method; see docs/api.md".into(),
+    )
 }
 
 /// Runs store work off the async threads, under the store lock.
@@ -138,14 +250,23 @@ async fn with_store<R: Send + 'static>(
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
-/// Parses a JSON body with errors that name the problem (unknown field, wrong type).
+/// Parses a JSON object body with errors that name the problem (unknown field, wrong
+/// type). Only an object is taken: serde would otherwise fill a struct from an array by
+/// position.
 fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body)
+    let value: JsonValue = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object, such as {\"subject\": \"…\"}",
+        ));
+    }
+    serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 fn parse_id(id: &str) -> ApiResult<DocId> {
-    DocId::parse(id).map_err(|_| ApiError::not_found(id))
+    DocId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn validate_audience(codes: &[String]) -> ApiResult<()> {
@@ -328,9 +449,21 @@ async fn create_annotation(
         return Err(ApiError::bad_request("an annotation needs some text"));
     }
     let creator = state.net.id().to_string();
+    // TODO: the author should be the signed-in user once users exist; until then it is
+    // the node, which is all the API can vouch for.
+    let input = NewAnnotation {
+        author: Some(creator.clone()),
+        ..input
+    };
     let value = with_store(&state, move |s| {
         let unit = s.info().unit.clone();
         let target_json = document_json(s, &target_id)?;
+        if target_json["deleted"] == true {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                "this document was deleted; it cannot be annotated".into(),
+            ));
+        }
         let audience = match input.visibility {
             Visibility::Private => vec![unit.clone()],
             Visibility::Shared | Visibility::Audience => {

@@ -156,6 +156,7 @@ fn serve(
         info!(dir = %dir.path.display(), unit = %store.info().unit, name = %store.info().name,
             "empty data directory: initialised with the default unit");
     }
+    let _serving = dir.lock_for_serving()?;
     let (mut store, key, me) = dir.open(Role::Node)?;
     store.set_cache_capacity(cache_documents);
     let roster = match roster {
@@ -198,6 +199,7 @@ fn serve(
         .with_graceful_shutdown(shutdown_signal())
         .await?;
         info!("node stopping");
+        net.shutdown().await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

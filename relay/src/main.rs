@@ -139,6 +139,7 @@ fn serve(
             dir.path.display()
         );
     }
+    let _serving = dir.lock_for_serving()?;
     let (mut store, key, me) = dir.open(Role::Relay)?;
     store.set_cache_capacity(cache_documents);
     let roster = match roster {
@@ -175,7 +176,10 @@ fn serve(
             .route("/api/v1/documents/{id}", get(get_record))
             .route("/metrics", get(metrics))
             .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-            .with_state(AppState { store, net });
+            .with_state(AppState {
+                store,
+                net: net.clone(),
+            });
         let listener = tokio::net::TcpListener::bind(http)
             .await
             .with_context(|| format!("cannot listen for HTTP on {http}"))?;
@@ -192,6 +196,7 @@ fn serve(
             })
             .await?;
         info!("relay stopping");
+        net.shutdown().await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

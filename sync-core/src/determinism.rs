@@ -4,8 +4,9 @@
 //! that runs a simulation installs a seeded source with [`seeded`] instead, and every
 //! record id, automerge actor, store epoch, sequence number and time stamp made on that
 //! thread then comes from the seed: a failing simulation run replays exactly, byte for
-//! byte, from the seed it printed. Nothing else in the engine reads the clock or draws
-//! random numbers.
+//! byte, from the seed it printed. Nothing else in the engine reads the wall clock or
+//! draws random numbers. (The one timer elsewhere bounds how long a text diff searches
+//! for the smallest edit; it changes the size of an edit, never the text it produces.)
 
 use std::cell::RefCell;
 use std::marker::PhantomData;

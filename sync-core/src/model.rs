@@ -10,13 +10,15 @@
 //! `notation`, `issuer`, `place`, `issued_date`, `subject`, …), `recipients` as a list,
 //! `body` as automerge Text, and `deleted` (a map with `by` and `at`) once tombstoned.
 //!
-//! Layout of an `annotation`: `target` (document id), `anchor` (`start` and `end`
-//! automerge cursors into the target's body, as strings), `text`, `author`,
-//! `visibility`, `shared_with`, `resolved`.
+//! Layout of an `annotation`: `target` (document id), `anchor` (`start`, a cursor at the
+//! first annotated character, and `last`, one at the last, into the target's body, as
+//! strings), `text`, `author`, `visibility`, `shared_with`, `resolved`, and
+//! `confidential` when it must not leave its unit (private, or on a secret document).
 //!
 //! All access goes through this module; nothing else reads raw paths.
 
 use std::fmt;
+use std::time::Duration;
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ActorId, Automerge, ChangeHash, Cursor, ObjId, ObjType, ROOT, ReadDoc, Value};
@@ -126,7 +128,8 @@ pub struct Header {
     pub audience: Vec<String>,
     pub created_by: String,
     pub created_at: String,
-    /// A secret document (độ mật) or a private annotation: it never leaves its unit.
+    /// A secret document (độ mật), a private annotation, or an annotation on a secret
+    /// document: it never leaves its unit.
     pub confidential: bool,
 }
 
@@ -267,6 +270,8 @@ pub struct NewAnnotation {
     pub visibility: Visibility,
     #[serde(default)]
     pub shared_with: Vec<String>,
+    /// Set by the node (who is signed in), never taken from the request.
+    #[serde(skip)]
     pub author: Option<String>,
 }
 
@@ -356,8 +361,9 @@ pub fn read_header(doc: &Automerge) -> Result<Header, ModelError> {
     let confidential = match kind {
         Kind::Document => get_str(doc, ROOT, "secrecy").is_some_and(|s| !s.trim().is_empty()),
         Kind::Annotation => {
-            get_str(doc, ROOT, "visibility").as_deref() != Some("audience")
-                && get_str(doc, ROOT, "visibility").as_deref() != Some("shared")
+            let visibility = get_str(doc, ROOT, "visibility");
+            let shared = matches!(visibility.as_deref(), Some("audience" | "shared"));
+            !shared || get_bool(doc, ROOT, "confidential").unwrap_or(false)
         }
     };
     Ok(Header {
@@ -399,6 +405,18 @@ pub fn create_document(header: &Header, fields: &DocumentPatch) -> Result<Autome
 /// Applies a clerk's PATCH (or the fields of a new document) in one change.
 pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(), ModelError> {
     expect_kind(doc, Kind::Document)?;
+    for (key, value) in [
+        ("issued_date", &patch.issued_date),
+        ("due_date", &patch.due_date),
+    ] {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty())
+            && chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").is_err()
+        {
+            return Err(ModelError::Invalid(format!(
+                "{key} {v:?} is not a date of the form YYYY-MM-DD (such as 2026-07-01)"
+            )));
+        }
+    }
     let body = body_obj(doc)?;
     if let Some(s) = &patch.body_splice {
         let len = doc.length(&body);
@@ -429,13 +447,41 @@ pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(),
         put_str_list(&mut tx, &h, "audience", a)?;
     }
     if let Some(text) = &patch.body {
-        tx.update_text(&body, text)?;
+        let current = tx.text(&body)?;
+        for (pos, delete, insert) in text_edits(&current, text) {
+            tx.splice_text(&body, pos, delete as isize, &insert)?;
+        }
     }
     if let Some(s) = &patch.body_splice {
         tx.splice_text(&body, s.pos, s.delete as isize, &s.insert)?;
     }
     tx.commit();
     Ok(())
+}
+
+/// How long a diff of a whole new body may search for the smallest edit.
+const DIFF_BUDGET: Duration = Duration::from_millis(100);
+
+/// The splices that turn `old` into `new`, last first (so each position is still valid
+/// when it is applied), in Unicode scalar values. The edit is minimal when the diff finds
+/// it within [`DIFF_BUDGET`]; past that the diff settles for a coarser one, which gives
+/// the same text, so a clerk pasting a whole redraft of a long document never stalls the
+/// node. Concurrent edits elsewhere in the text still merge, since untouched parts are
+/// left alone.
+fn text_edits(old: &str, new: &str) -> Vec<(usize, usize, String)> {
+    let diff = similar::TextDiff::configure()
+        .timeout(DIFF_BUDGET)
+        .diff_chars(old, new);
+    let new_chars: Vec<char> = new.chars().collect();
+    let mut edits: Vec<(usize, usize, String)> = diff
+        .ops()
+        .iter()
+        .map(similar::DiffOp::as_tag_tuple)
+        .filter(|(tag, _, _)| *tag != similar::DiffTag::Equal)
+        .map(|(_, old, new)| (old.start, old.len(), new_chars[new].iter().collect()))
+        .collect();
+    edits.reverse();
+    edits
 }
 
 fn get_obj_tx(tx: &Transaction<'_>, key: &str) -> Result<ObjId, ModelError> {
@@ -582,6 +628,8 @@ pub fn create_annotation(
     input: &NewAnnotation,
 ) -> Result<Automerge, ModelError> {
     expect_kind(target, Kind::Document)?;
+    // A note on a secret document is as secret as the document.
+    let target_secret = read_header(target)?.confidential;
     let anchor = match input.anchor {
         Some(a) => {
             let body = body_obj(target)?;
@@ -593,16 +641,27 @@ pub fn create_annotation(
                     len,
                 });
             }
-            // The start cursor sticks to the first annotated character; the end cursor to
-            // the character after the range (or the end of the text), so text typed inside
-            // the range stays inside it.
-            let start = target.get_cursor(&body, a.start, None)?;
-            let end = if a.end == len {
+            // The start cursor sticks to the first annotated character and the `last`
+            // cursor to the last one, so text typed inside the range stays inside it and
+            // text typed just before or after it stays out. If its first character is
+            // deleted the start moves forward, if its last one is the end moves back; when
+            // they cross, the annotated text is gone.
+            let start = if a.start == len {
                 target.get_cursor(&body, automerge::CursorPosition::End, None)?
             } else {
-                target.get_cursor(&body, a.end, None)?
+                target.get_cursor(&body, a.start, None)?
             };
-            Some((start, end))
+            let last = if a.end > a.start {
+                Some(target.get_cursor_moving(
+                    &body,
+                    a.end - 1,
+                    None,
+                    automerge::MoveCursor::Before,
+                )?)
+            } else {
+                None
+            };
+            Some((start, last))
         }
         None => None,
     };
@@ -610,10 +669,17 @@ pub fn create_annotation(
     let mut tx = doc.transaction();
     write_header(&mut tx, header)?;
     tx.put(ROOT, "target", target_id.as_str())?;
-    if let Some((start, end)) = anchor {
+    if let Some((start, last)) = anchor {
         let a = tx.put_object(ROOT, "anchor", ObjType::Map)?;
         tx.put(&a, "start", start.to_string())?;
-        tx.put(&a, "end", end.to_string())?;
+        if let Some(last) = last {
+            tx.put(&a, "last", last.to_string())?;
+        }
+    }
+    if header.confidential || target_secret {
+        // Kept in the annotation itself, so every hop knows it must not leave the unit
+        // without looking at the document it annotates.
+        tx.put(ROOT, "confidential", true)?;
     }
     tx.put(ROOT, "text", input.text.as_str())?;
     tx.put(ROOT, "author", input.author.as_deref().unwrap_or(""))?;
@@ -634,12 +700,19 @@ pub fn annotation_json(
     let anchor = match get_obj(doc, ROOT, "anchor", ObjType::Map) {
         Some(a) => {
             let body = body_obj(target)?;
-            let resolve = |key: &str| -> Option<usize> {
-                let c = Cursor::try_from(get_str(doc, &a, key)?).ok()?;
-                target.get_cursor_position(&body, &c, None).ok()
+            let resolve = |key: &str| -> Option<Option<usize>> {
+                let Some(text) = get_str(doc, &a, key) else {
+                    return Some(None);
+                };
+                let c = Cursor::try_from(text).ok()?;
+                target.get_cursor_position(&body, &c, None).ok().map(Some)
             };
-            match (resolve("start"), resolve("end")) {
-                (Some(start), Some(end)) => json!({ "start": start, "end": end.max(start) }),
+            match (resolve("start"), resolve("last")) {
+                (Some(Some(start)), Some(None)) => json!({ "start": start, "end": start }),
+                (Some(Some(start)), Some(Some(last))) if last >= start => {
+                    json!({ "start": start, "end": last + 1 })
+                }
+                // The annotated text was deleted, or the anchor does not resolve.
                 _ => Json::Null,
             }
         }
@@ -716,6 +789,29 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_new_body_unlike_the_old_one_is_applied_without_stalling() {
+        let long = |c: char| c.to_string().repeat(50_000);
+        let mut doc = create_document(
+            &header(),
+            &DocumentPatch {
+                body: Some(long('a')),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let redraft = format!("{}ư{}", long('b'), long('ệ'));
+        update_document(
+            &mut doc,
+            &DocumentPatch {
+                body: Some(redraft.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(body_text(&doc).unwrap(), redraft);
+    }
+
+    #[test]
     fn splices_count_unicode_scalar_values_and_refuse_out_of_range() {
         let mut doc = create_document(
             &header(),
@@ -780,6 +876,70 @@ mod tests {
         assert_eq!(j["anchor"], json!({"start": 8, "end": 16}));
         assert_eq!(j["target"], tid.as_str());
         assert!(!read_header(&ann).unwrap().confidential);
+    }
+
+    fn note(target: &Automerge, start: usize, end: usize) -> Automerge {
+        let mut h = header();
+        h.kind = Kind::Annotation;
+        let input = NewAnnotation {
+            text: "ghi chú".into(),
+            anchor: Some(Anchor { start, end }),
+            visibility: Visibility::Audience,
+            shared_with: vec![],
+            author: None,
+        };
+        create_annotation(&h, &DocId::new(), target, &input).unwrap()
+    }
+
+    #[test]
+    fn an_anchor_keeps_to_its_words_and_is_gone_with_them() {
+        let mut target = create_document(
+            &header(),
+            &DocumentPatch {
+                body: Some("Xã Thạch Hà, tỉnh Hà Tĩnh".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let name = note(&target, 3, 11);
+        let province = note(&target, 13, 25);
+        let at_end = note(&target, 25, 25);
+        let anchor = |n: &Automerge, t: &Automerge| {
+            annotation_json(&DocId::new(), n, t).unwrap()["anchor"].clone()
+        };
+
+        // Text typed right after a range stays outside it.
+        let len = body_text(&target).unwrap().chars().count();
+        splice_body(&mut target, len, 0, " (mới)").unwrap();
+        assert_eq!(anchor(&province, &target), json!({"start": 13, "end": 25}));
+        assert_eq!(anchor(&at_end, &target), json!({"start": 31, "end": 31}));
+        // Text typed inside a range stays inside it.
+        splice_body(&mut target, 8, 0, " Nam").unwrap();
+        assert_eq!(anchor(&name, &target), json!({"start": 3, "end": 15}));
+        // Losing the last character shrinks the range; losing all of it removes it.
+        splice_body(&mut target, 14, 1, "").unwrap();
+        assert_eq!(anchor(&name, &target), json!({"start": 3, "end": 14}));
+        splice_body(&mut target, 3, 11, "").unwrap();
+        assert_eq!(body_text(&target).unwrap(), "Xã , tỉnh Hà Tĩnh (mới)");
+        assert_eq!(anchor(&name, &target), Json::Null);
+        assert_eq!(anchor(&province, &target), json!({"start": 5, "end": 17}));
+    }
+
+    #[test]
+    fn a_note_on_a_secret_document_is_secret_whatever_its_visibility() {
+        let secret = create_document(
+            &header(),
+            &DocumentPatch {
+                secrecy: Some("Mật".into()),
+                body: Some("nội dung mật".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(read_header(&secret).unwrap().confidential);
+        assert!(read_header(&note(&secret, 0, 3)).unwrap().confidential);
+        let open = create_document(&header(), &DocumentPatch::default()).unwrap();
+        assert!(!read_header(&note(&open, 0, 0)).unwrap().confidential);
     }
 
     #[test]

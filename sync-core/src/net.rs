@@ -20,6 +20,8 @@ use iroh::endpoint::{Connection, QuicTransportConfig, VarInt, presets};
 use iroh::{Endpoint, EndpointAddr, EndpointId, SecretKey};
 use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::model;
@@ -38,6 +40,19 @@ const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The longest wait between two attempts to reach a configured peer.
 const MAX_REDIAL: Duration = Duration::from_secs(4);
+
+/// The longest wait between two attempts to reach a peer that closed our previous
+/// connections before a session began (it does not know us, or refused our Hello):
+/// retrying is right, as its roster may change, but not four times a second.
+const MAX_REDIAL_REFUSED: Duration = Duration::from_secs(60);
+
+/// How long a shutdown waits for sessions to save their sync states and close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a peer has, once connected, to open its stream and say Hello. A peer that
+/// stays silent would otherwise hold a session (and its task) for as long as QUIC's
+/// keep-alives keep the connection up.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The length prefix in front of every frame.
 const FRAME_PREFIX_BYTES: u64 = 4;
@@ -115,12 +130,15 @@ struct Shared {
     /// Peers dialled by configuration, with the role the operator gave them.
     configured: HashMap<String, Role>,
     status: Mutex<HashMap<String, PeerStatus>>,
+    /// Cancelled when the process shuts down: every loop and session ends.
+    stopping: CancellationToken,
+    /// Every task that runs a loop or a session, so a shutdown can wait for them.
+    tasks: TaskTracker,
 }
 
 /// The running network side of a node or relay.
 pub struct Net {
     shared: Arc<Shared>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Net {
@@ -173,13 +191,15 @@ impl Net {
             roster: config.roster,
             configured,
             status: Mutex::new(status),
+            stopping: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
 
-        let mut tasks = vec![tokio::spawn(accept_loop(shared.clone()))];
+        shared.tasks.spawn(accept_loop(shared.clone()));
         for (peer, _) in config.dial {
-            tasks.push(tokio::spawn(dial_loop(shared.clone(), peer)));
+            shared.tasks.spawn(dial_loop(shared.clone(), peer));
         }
-        Ok(Net { shared, tasks })
+        Ok(Net { shared })
     }
 
     pub fn id(&self) -> EndpointId {
@@ -198,10 +218,16 @@ impl Net {
         peers
     }
 
-    /// Closes every connection politely and stops.
-    pub async fn shutdown(self) {
-        for t in &self.tasks {
-            t.abort();
+    /// Ends every session (each saves its sync states and closes its connection with a
+    /// normal code), waits for them a little, and closes the endpoint.
+    pub async fn shutdown(&self) {
+        self.shared.stopping.cancel();
+        self.shared.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("some sync sessions did not end in time");
         }
         self.shared.endpoint.close().await;
     }
@@ -214,9 +240,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn accept_loop(shared: Arc<Shared>) {
-    while let Some(incoming) = shared.endpoint.accept().await {
-        let shared = shared.clone();
-        tokio::spawn(async move {
+    loop {
+        let incoming = tokio::select! {
+            incoming = shared.endpoint.accept() => incoming,
+            _ = shared.stopping.cancelled() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let task_shared = shared.clone();
+        let shared = task_shared.clone();
+        task_shared.tasks.spawn(async move {
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
@@ -230,47 +262,72 @@ async fn accept_loop(shared: Arc<Shared>) {
 }
 
 async fn dial_loop(shared: Arc<Shared>, peer: PeerAddr) {
-    let mut wait = Duration::from_millis(250);
-    loop {
+    let first = Duration::from_millis(250);
+    let mut wait = first;
+    let mut limit = MAX_REDIAL;
+    while !shared.stopping.is_cancelled() {
         let connected = lock(&shared.status)
             .get(&peer.id.to_string())
             .is_some_and(|s| s.connected);
         if !connected {
             let addr = EndpointAddr::new(peer.id).with_ip_addr(peer.addr);
-            match shared.endpoint.connect(addr, protocol::ALPN).await {
-                Ok(conn) => {
-                    wait = Duration::from_millis(250);
-                    run_connection(shared.clone(), conn, true).await;
-                }
+            let attempt = tokio::select! {
+                attempt = shared.endpoint.connect(addr, protocol::ALPN) => attempt,
+                _ = shared.stopping.cancelled() => return,
+            };
+            match attempt {
+                Ok(conn) => match run_connection(shared.clone(), conn, true).await {
+                    Outcome::Session => {
+                        wait = first;
+                        limit = MAX_REDIAL;
+                    }
+                    Outcome::Refused => limit = MAX_REDIAL_REFUSED,
+                },
                 Err(e) => {
                     debug!(peer = %peer.id.fmt_short(), error = %e, "peer unreachable");
                 }
             }
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(MAX_REDIAL);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.stopping.cancelled() => return,
+        }
+        wait = (wait * 2).min(limit);
     }
 }
 
+/// How a connection ended, as far as redialling cares.
+enum Outcome {
+    /// A session ran (the peer said Hello), however it ended.
+    Session,
+    /// The connection closed before any session began.
+    Refused,
+}
+
 /// Runs one session on a connection until either side ends it.
-async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) {
+async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) -> Outcome {
     let peer_id = conn.remote_id().to_string();
     let roster_member = shared.roster.get(&peer_id).cloned();
     if roster_member.is_none() && !shared.configured.contains_key(&peer_id) {
         warn!(peer = %short(&peer_id), "refused a connection from a node not on the roster");
         conn.close(VarInt::from_u32(CLOSE_NOT_ALLOWED), b"not on the roster");
-        return;
+        return Outcome::Refused;
     }
     let streams = if dialer {
-        conn.open_bi().await
+        tokio::time::timeout(HELLO_TIMEOUT, conn.open_bi()).await
     } else {
-        conn.accept_bi().await
+        tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await
     };
     let (send, recv) = match streams {
-        Ok(s) => s,
-        Err(e) => {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             debug!(peer = %short(&peer_id), error = %e, "no stream");
-            return;
+            return Outcome::Refused;
+        }
+        Err(_) => {
+            warn!(peer = %short(&peer_id), "peer opened no stream in time");
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"no stream in time");
+            return Outcome::Refused;
         }
     };
     info!(peer = %short(&peer_id), dialer, "peer connected");
@@ -298,8 +355,23 @@ async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) {
             conn.close(VarInt::from_u32(CLOSE_PROTOCOL), e.to_string().as_bytes());
         }
         Err(SessionEnd::Io(e)) => {
-            info!(peer = %short(&peer_id), reason = %e, "peer connection lost");
+            let refused = matches!(
+                conn.close_reason(),
+                Some(iroh::endpoint::ConnectionError::ApplicationClosed(c))
+                    if c.error_code == VarInt::from_u32(CLOSE_NOT_ALLOWED)
+            );
+            if refused {
+                warn!(peer = %short(&peer_id),
+                    "the peer refused this node: it is not on the peer's roster");
+            } else {
+                info!(peer = %short(&peer_id), reason = %e, "peer connection lost");
+            }
         }
+    }
+    if session.has_hello() {
+        Outcome::Session
+    } else {
+        Outcome::Refused
     }
 }
 
@@ -324,6 +396,8 @@ async fn drive(
     let mut writer = FramedWrite::new(send, codec());
     let mut changes: watch::Receiver<u64> = lock(&shared.store).subscribe();
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+    let hello_deadline = tokio::time::sleep(HELLO_TIMEOUT);
+    tokio::pin!(hello_deadline);
 
     let hello = {
         let store = lock(&shared.store);
@@ -360,6 +434,10 @@ async fn drive(
             }
             _ = changes.changed() => poll(shared, session)?,
             _ = rescan.tick() => poll(shared, session)?,
+            _ = &mut hello_deadline, if !session.has_hello() => {
+                return Err(SessionEnd::Protocol(ProtocolError::HelloTimeout(HELLO_TIMEOUT)));
+            }
+            _ = shared.stopping.cancelled() => return Ok(()),
         };
         if !out.is_empty() {
             debug!(peer = %short(session.peer_id()), frames = out.len(), "frames out");

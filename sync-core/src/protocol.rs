@@ -118,6 +118,8 @@ pub enum ProtocolError {
     NoHello,
     #[error("second hello")]
     DuplicateHello,
+    #[error("no hello within {0:?} of connecting")]
+    HelloTimeout(std::time::Duration),
     #[error("peer announced unit {announced} as a {role}, the roster says {expected}")]
     WrongUnit {
         announced: String,
@@ -215,6 +217,11 @@ impl Session {
     /// Records the peer said it still has to offer us.
     pub fn pending_in(&self) -> u64 {
         self.pending_in
+    }
+
+    /// Has the peer said Hello?
+    pub fn has_hello(&self) -> bool {
+        self.hello_received
     }
 
     /// Has the initial catch-up in both directions finished (nothing in flight)?
@@ -387,7 +394,7 @@ impl Session {
             }
             for meta in batch {
                 self.scanned = meta.seq;
-                if !policy::may_hold(&peer, &meta.header) {
+                if !visible_to(store, &peer, &meta.header, meta.target.as_ref())? {
                     // Possibly in flight from before an audience change: no longer owed.
                     self.delivered(&meta.id);
                     continue;
@@ -470,7 +477,12 @@ impl Session {
         let (mut doc, before_header, hidden) = match store.take(&id)? {
             Some(doc) => {
                 let header = model::read_header(&doc).ok();
-                if header.as_ref().is_some_and(|h| policy::may_hold(&peer, h)) {
+                let target = model::annotation_target(&doc);
+                let visible = match &header {
+                    Some(h) => visible_to(store, &peer, h, target.as_ref())?,
+                    None => false,
+                };
+                if visible {
                     (doc, header, false)
                 } else {
                     store.untake(id.clone(), doc);
@@ -621,6 +633,27 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// May `peer` see a record with this header? An annotation is seen only by those who may
+/// see the document it annotates, as this store holds it now: a note never shows a peer
+/// that a document it may not see exists, even after the document's audience narrowed.
+fn visible_to(
+    store: &Store,
+    peer: &Member,
+    header: &model::Header,
+    target: Option<&DocId>,
+) -> Result<bool, ProtocolError> {
+    if !policy::may_hold(peer, header) {
+        return Ok(false);
+    }
+    let Some(target) = target.filter(|_| header.kind == model::Kind::Annotation) else {
+        return Ok(true);
+    };
+    Ok(match store.meta(target)? {
+        Some(document) => policy::may_hold(peer, &document.header),
+        None => true,
+    })
 }
 
 fn store_state_later(store: &Store, peer: &str, id: &DocId, state: &sync::State) {

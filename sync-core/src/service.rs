@@ -43,6 +43,22 @@ pub enum ServiceError {
     CreateDir { dir: String, source: std::io::Error },
     #[error("the store's unit {0:?} is not in the national list")]
     StoreUnit(String),
+    #[error("{dir} holds a {found}'s data, not a {expected}'s: use cabinet-{found} for it")]
+    WrongRole {
+        dir: String,
+        found: String,
+        expected: &'static str,
+    },
+    #[error(
+        "{dir} is already being served by another process (stop it first, or give this one \
+         its own --data directory)"
+    )]
+    InUse { dir: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -81,6 +97,11 @@ pub fn unit_for(role: Role, code: &str) -> Result<UnitCode, ServiceError> {
         });
     }
     Ok(unit)
+}
+
+/// Held by the one process serving a data directory; the lock goes with the process.
+pub struct ServeLock {
+    _file: std::fs::File,
 }
 
 /// A data directory: where the key and the store live.
@@ -124,7 +145,32 @@ impl DataDir {
         } else {
             name.trim().to_string()
         };
-        Ok(Store::create(&self.store_path(), unit.as_str(), &name)?)
+        let mut store = Store::create(&self.store_path(), unit.as_str(), &name)?;
+        store.set_role(role.as_str())?;
+        Ok(store)
+    }
+
+    /// Takes the directory for one serving process: a second `serve` on it (the same
+    /// key answering twice, two writers of one store) is refused while this is held.
+    pub fn lock_for_serving(&self) -> Result<ServeLock, ServiceError> {
+        let path = self.path.join("serve.lock");
+        let lock_err = |source| ServiceError::Lock {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lock_err)?;
+        match file.try_lock() {
+            Ok(()) => Ok(ServeLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ServiceError::InUse {
+                dir: self.path.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+        }
     }
 
     /// Opens the store and key of an initialised directory.
@@ -135,6 +181,15 @@ impl DataDir {
             });
         }
         let store = Store::open(&self.store_path())?;
+        if let Some(found) = store.info().role.as_deref()
+            && found != role.as_str()
+        {
+            return Err(ServiceError::WrongRole {
+                dir: self.path.display().to_string(),
+                found: found.to_string(),
+                expected: role.as_str(),
+            });
+        }
         let key = identity::load_or_create(&self.path)?;
         let unit = UnitCode::parse(&store.info().unit)
             .map_err(|_| ServiceError::StoreUnit(store.info().unit.clone()))?;

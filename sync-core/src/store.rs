@@ -72,6 +72,8 @@ pub struct RecordMeta {
     pub seq: u64,
     pub header: Header,
     pub deleted: bool,
+    /// The document an annotation points at.
+    pub target: Option<DocId>,
 }
 
 /// The cursor this store holds for a peer's store, and what it told that peer.
@@ -92,6 +94,8 @@ pub struct StoreInfo {
     pub epoch: Epoch,
     pub unit: String,
     pub name: String,
+    /// What the data directory was created for (`node` or `relay`), if recorded.
+    pub role: Option<String>,
 }
 
 pub struct Store {
@@ -215,6 +219,7 @@ impl Store {
                 path: path.display().to_string(),
             });
         };
+        let role = get("role")?;
         let max_seq: u64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM records", [], |r| {
             r.get::<_, i64>(0)
         })? as u64;
@@ -222,7 +227,12 @@ impl Store {
         Ok(Store {
             conn,
             cache: LruCache::new(NonZeroUsize::new(DEFAULT_CACHE_DOCUMENTS).expect("non-zero")),
-            info: StoreInfo { epoch, unit, name },
+            info: StoreInfo {
+                epoch,
+                unit,
+                name,
+                role,
+            },
             changed,
             batch_depth: 0,
             batch_touched: HashSet::new(),
@@ -255,6 +265,18 @@ impl Store {
 
     pub fn info(&self) -> &StoreInfo {
         &self.info
+    }
+
+    /// Records what the store was created for, once; a store never changes role.
+    pub fn set_role(&mut self, role: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('role', ?1)",
+            [role],
+        )?;
+        if self.info.role.is_none() {
+            self.info.role = Some(role.to_string());
+        }
+        Ok(())
     }
 
     pub fn epoch(&self) -> &str {
@@ -592,39 +614,27 @@ impl Store {
     /// Records changed after `after`, oldest change first, with what the policy needs.
     pub fn changed_since(&self, after: u64, limit: usize) -> Result<Vec<RecordMeta>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, seq, kind, unit, audience, confidential, deleted FROM records
+            "SELECT id, seq, kind, unit, audience, confidential, deleted, target FROM records
              WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, bool>(5)?,
-                r.get::<_, bool>(6)?,
-            ))
-        })?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], meta_row)?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, seq, kind, unit, audience, confidential, deleted) = row?;
-            let bad = |what: &str| StoreError::BadMeta(format!("record {id}: {what}"));
-            out.push(RecordMeta {
-                id: DocId::parse(&id).map_err(|_| bad("id"))?,
-                seq: seq as u64,
-                header: Header {
-                    kind: Kind::parse(&kind).ok_or_else(|| bad("kind"))?,
-                    unit,
-                    audience: serde_json::from_str(&audience).map_err(|_| bad("audience"))?,
-                    created_by: String::new(),
-                    created_at: String::new(),
-                    confidential,
-                },
-                deleted,
-            });
+            out.push(row?.into_meta()?);
         }
         Ok(out)
+    }
+
+    /// What the policy needs of one record, from its columns, without loading it.
+    pub fn meta(&self, id: &DocId) -> Result<Option<RecordMeta>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, seq, kind, unit, audience, confidential, deleted, target FROM records
+             WHERE id = ?1",
+        )?;
+        match stmt.query_row([id.as_str()], meta_row).optional()? {
+            Some(row) => Ok(Some(row.into_meta()?)),
+            None => Ok(None),
+        }
     }
 
     /// How many records the store holds.
@@ -646,7 +656,11 @@ impl Store {
         include_deleted: bool,
     ) -> Result<Vec<Json>, StoreError> {
         let after = after.map(DocId::as_str).unwrap_or("");
-        let match_expr = query.map(fts_query).filter(|q| !q.is_empty());
+        let match_expr = query.map(fts_query);
+        if match_expr.as_deref() == Some("") {
+            // A query with no word in it (only punctuation or symbols) matches nothing.
+            return Ok(Vec::new());
+        }
         let sql = format!(
             "SELECT json FROM records
              WHERE (?1 IS NULL OR kind = ?1) AND id > ?2 AND (?3 OR deleted = 0) {}
@@ -789,11 +803,64 @@ impl Store {
     }
 }
 
-/// Folds text for search so that `quyet dinh` finds `Quyết định`: the FTS5 tokenizer
-/// removes combining diacritics, but `đ` is a letter of its own in Unicode, so it is
-/// folded to `d` here, before indexing and before querying.
+/// The columns of `records` that make a [`RecordMeta`], as read.
+struct MetaRow {
+    id: String,
+    seq: i64,
+    kind: String,
+    unit: String,
+    audience: String,
+    confidential: bool,
+    deleted: bool,
+    target: Option<String>,
+}
+
+fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MetaRow> {
+    Ok(MetaRow {
+        id: r.get(0)?,
+        seq: r.get(1)?,
+        kind: r.get(2)?,
+        unit: r.get(3)?,
+        audience: r.get(4)?,
+        confidential: r.get(5)?,
+        deleted: r.get(6)?,
+        target: r.get(7)?,
+    })
+}
+
+impl MetaRow {
+    fn into_meta(self) -> Result<RecordMeta, StoreError> {
+        let id = self.id;
+        let bad = |what: &str| StoreError::BadMeta(format!("record {id}: {what}"));
+        Ok(RecordMeta {
+            id: DocId::parse(&id).map_err(|_| bad("id"))?,
+            seq: self.seq as u64,
+            header: Header {
+                kind: Kind::parse(&self.kind).ok_or_else(|| bad("kind"))?,
+                unit: self.unit,
+                audience: serde_json::from_str(&self.audience).map_err(|_| bad("audience"))?,
+                created_by: String::new(),
+                created_at: String::new(),
+                confidential: self.confidential,
+            },
+            deleted: self.deleted,
+            target: match self.target {
+                Some(t) => Some(DocId::parse(&t).map_err(|_| bad("target"))?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// Folds text for search so that `quyet dinh` finds `Quyết định`, whether either side is
+/// composed (NFC) or decomposed (NFD): the text is decomposed and its combining marks
+/// dropped, and `đ`, a letter of its own in Unicode rather than `d` with a mark, is folded
+/// to `d`. The same folding runs before indexing and before querying.
 pub fn fold_for_search(text: &str) -> String {
-    text.chars()
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::char::is_combining_mark;
+    text.nfd()
+        .filter(|c| !is_combining_mark(*c))
         .map(|c| match c {
             'đ' | 'Đ' => 'd',
             c => c,
@@ -943,7 +1010,15 @@ mod tests {
         let mut s = Store::in_memory("18562").unwrap();
         let a = DocId::new();
         s.put(&a, new_doc("nội dung"), &[]).unwrap();
-        for q in ["quyet dinh", "Quyết định", "đê", "de dieu", "QUYET"] {
+        let decomposed = "Quye\u{302}\u{301}t đi\u{323}nh";
+        for q in [
+            "quyet dinh",
+            "Quyết định",
+            "đê",
+            "de dieu",
+            "QUYET",
+            decomposed,
+        ] {
             let hits = s
                 .list(Some(Kind::Document), Some(q), None, 10, false)
                 .unwrap();
@@ -954,6 +1029,16 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        // A body stored decomposed is found by a composed query, and a query of symbols
+        // alone finds nothing.
+        let b = DocId::new();
+        s.put(&b, new_doc("Vie\u{302}\u{323}t Nam"), &[]).unwrap();
+        let hits = s.list(Some(Kind::Document), Some("Việt"), None, 10, false);
+        assert_eq!(hits.unwrap().len(), 1);
+        for q in ["\"", "🙂", "…"] {
+            let hits = s.list(Some(Kind::Document), Some(q), None, 10, false);
+            assert!(hits.unwrap().is_empty(), "query {q:?}");
+        }
         // FTS5 syntax in a query is taken literally, never as an error.
         assert!(
             s.list(Some(Kind::Document), Some("\"AND OR*("), None, 10, false)

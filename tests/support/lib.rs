@@ -254,6 +254,24 @@ impl Process {
         format!("http://{}{}", self.http, path)
     }
 
+    /// Any request, with the headers given and nothing else added but `Host`.
+    pub fn try_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<Reply, String> {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(body.to_string()).map_err(|e| e.to_string())?;
+        reply(agent().run(request))
+    }
+
     pub fn try_get(&self, path: &str) -> Result<Reply, String> {
         reply(agent().get(&self.url(path)).call())
     }

@@ -484,3 +484,93 @@ fn a_wiped_peer_with_sync_states_on_record_still_gets_everything_back() {
         assert_eq!(json(&mut a.store, id), json(&mut b.store, id));
     }
 }
+
+#[test]
+fn a_note_never_travels_where_its_document_may_not() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let doc = create(&mut a.store, &header(A, &[A, B]), "dự thảo");
+    let mut note_header = header(A, &[A, B]);
+    note_header.kind = Kind::Annotation;
+    let input = model::NewAnnotation {
+        text: "cần sửa".into(),
+        anchor: None,
+        visibility: model::Visibility::Audience,
+        shared_with: vec![],
+        author: None,
+    };
+    let target = a.store.get(&doc).unwrap().unwrap().clone();
+    let note = DocId::new();
+    let n = model::create_annotation(&note_header, &doc, &target, &input).unwrap();
+    a.store.put(&note, n, &[]).unwrap();
+    // The draft is taken back to the commune before anything synced; the note, whose own
+    // header still names B, stays with it.
+    a.store
+        .modify(&doc, |d| {
+            model::update_document(
+                d,
+                &DocumentPatch {
+                    audience: Some(vec![A.into()]),
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    run(&mut a, &mut b);
+    assert!(!b.store.contains(&doc).unwrap());
+    assert!(!b.store.contains(&note).unwrap());
+    assert_eq!(b.store.count().unwrap(), 0);
+}
+
+#[test]
+fn a_store_restored_from_an_older_backup_gets_back_what_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let backup = dir.path().join("backup.db");
+    let me_a = member(A, Role::Node);
+    let mut a = Side {
+        id: "a".into(),
+        store: Store::create(&path, A, "A").unwrap(),
+        session: Session::new(me_a.clone(), "b".into(), None),
+        inbox: VecDeque::new(),
+    };
+    let mut b = side("b", member(B, Role::Node), "a");
+    let early = create(&mut a.store, &header(A, &[B]), "trước khi sao lưu");
+    run(&mut a, &mut b);
+    disconnect(&mut a, &mut b);
+    // The backup: the store closed (its log folded in) and its file copied.
+    a.store = Store::in_memory(A).unwrap();
+    std::fs::copy(&path, &backup).unwrap();
+    a.store = Store::open(&path).unwrap();
+
+    // After the backup A writes more, and B receives it all, and remembers that A had it.
+    let late = create(&mut a.store, &header(A, &[B]), "sau khi sao lưu");
+    a.store
+        .modify(&early, |d| model::splice_body(d, 0, 0, "sửa sau. "))
+        .unwrap();
+    restart_session(&mut a, me_a.clone(), "b");
+    restart_session(&mut b, member(B, Role::Node), "a");
+    run(&mut a, &mut b);
+    disconnect(&mut a, &mut b);
+
+    // A's disk dies; the backup is put back.
+    a.store = Store::in_memory(A).unwrap();
+    std::fs::copy(&backup, &path).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("a.db{suffix}")));
+    }
+    a.store = Store::open(&path).unwrap();
+    assert!(!a.store.contains(&late).unwrap());
+    restart_session(&mut a, me_a, "b");
+    restart_session(&mut b, member(B, Role::Node), "a");
+    run(&mut a, &mut b);
+    for id in [&early, &late] {
+        assert_eq!(json(&mut a.store, id), json(&mut b.store, id));
+    }
+    assert!(
+        json(&mut a.store, &early)["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("sửa sau. ")
+    );
+}
