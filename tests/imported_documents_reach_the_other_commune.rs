@@ -1,6 +1,7 @@
-//! Real documents imported into commune A reach commune B of the same cluster through the
-//! cluster relay, with identical content and heads; a file that is not a document is
-//! refused and changes nothing.
+//! The 31 real documents (30 resolutions in Markdown, and the list of provinces of
+//! dispatch 915/CTK-CSCL as a table) imported into commune A reach commune B of the same
+//! cluster through the cluster relay, with identical content and heads; a file that is
+//! not a document is refused and changes nothing.
 
 use std::time::Duration;
 
@@ -22,27 +23,31 @@ fn imported_documents_reach_the_other_commune_through_the_relay() {
         "30 resolutions and the CSV list of provinces"
     );
 
+    // A scan that is not text sits among them, as it would in a clerk's folder.
+    let scan = sites.root.path().join("ban-scan.pdf");
+    std::fs::write(&scan, b"%PDF-1.7\n\x00\x01\x02\xff binary").unwrap();
     let mut args = vec!["import", "--audience", UNIT_B];
     args.extend(files.iter().map(String::as_str));
+    args.push(scan.to_str().unwrap());
     let out = sites.a.run(&args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         !out.status.success(),
         "a refused file makes the import exit non-zero"
     );
-    assert!(stdout.contains("30 imported, 1 skipped"), "{stdout}");
+    assert!(stdout.contains("31 imported, 1 skipped"), "{stdout}");
     assert!(
-        stdout.contains("915_CTK-CSCL.csv"),
+        stdout.contains("skipped") && stdout.contains("ban-scan.pdf"),
         "the refusal names the file: {stdout}"
     );
 
     sites.start_all();
     let on_a = sites.a.documents();
-    assert_eq!(on_a.len(), 30);
+    assert_eq!(on_a.len(), 31);
     wait_for(
-        "B to hold the 30 documents",
+        "B to hold the 31 documents",
         Duration::from_secs(60),
-        || (sites.b.documents().len() == 30).then_some(()),
+        || (sites.b.documents().len() == 31).then_some(()),
     );
 
     for doc in &on_a {
@@ -75,6 +80,18 @@ fn imported_documents_reach_the_other_commune_through_the_relay() {
         ha_tinh["subject"]
     );
 
+    let provinces = on_a
+        .iter()
+        .find(|d| d["number"] == "915")
+        .expect("the list of provinces imported");
+    assert_eq!(provinces["notation"], "CTK-CSCL");
+    assert!(
+        provinces["body"]
+            .as_str()
+            .unwrap()
+            .contains("18,42,Hà Tĩnh")
+    );
+
     // Search without diacritics finds it on the receiving node too.
     let hits = sites.b.get("/api/v1/documents?q=ha%20tinh");
     assert!(
@@ -87,7 +104,7 @@ fn imported_documents_reach_the_other_commune_through_the_relay() {
 
     let status = sites.b.get("/api/v1/status");
     assert_eq!(status["unit"], UNIT_B);
-    assert_eq!(status["documents"], 30);
+    assert_eq!(status["documents"], 31);
     let peer = &status["peers"][0];
     assert_eq!(peer["id"], sites.r.id.as_str());
     assert_eq!(peer["connected"], true);

@@ -273,7 +273,16 @@ fn import_one(
 ) -> anyhow::Result<(DocId, String)> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let text = String::from_utf8(bytes).context("the file is not UTF-8 text")?;
-    let imported = sync_core::import::parse_document(&text)?;
+    let is_table = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let imported = if is_table {
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        sync_core::import::parse_table(&text, stem)?
+    } else {
+        sync_core::import::parse_document(&text)?
+    };
     let patch = DocumentPatch {
         doc_type: imported.doc_type,
         number: imported.number,

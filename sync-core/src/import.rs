@@ -186,6 +186,65 @@ pub fn parse_document(text: &str) -> Result<ImportedDocument, ImportError> {
     Ok(doc)
 }
 
+/// Reads a table sent as a document in its own right (CSV, such as the list of the 34
+/// provinces that accompanies dispatch 915/CTK-CSCL). A table has no header block, so:
+/// - number and notation come from the file name when it follows the `NUMBER_NOTATION`
+///   convention of the documents it travels with (`915_CTK-CSCL` → 915, `CTK-CSCL`);
+/// - the subject is the widest heading of its first row, which names what the table lists
+///   (`Tên 34 tỉnh sau sáp nhập`);
+/// - the body is the table as received, every cell kept.
+///
+/// Text that is not a table with a heading row and at least one data row, every row with
+/// the same number (at least two) of columns, is not a document.
+pub fn parse_table(text: &str, file_stem: &str) -> Result<ImportedDocument, ImportError> {
+    check_text(text)?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = compose_vietnamese(text).replace("\r\n", "\n");
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.as_bytes());
+    let mut rows = Vec::new();
+    for row in reader.records() {
+        let row = row.map_err(|e| not_a_document(format!("not a table: {e}")))?;
+        rows.push(row);
+    }
+    let Some(heading) = rows.first() else {
+        return Err(not_a_document("the table has no rows"));
+    };
+    if heading.len() < 2 || rows.len() < 2 {
+        return Err(not_a_document(
+            "a table needs a heading row, at least one data row and two columns",
+        ));
+    }
+    let subject = heading
+        .iter()
+        .map(str::trim)
+        .max_by_key(|cell| cell.chars().count())
+        .filter(|cell| !cell.is_empty())
+        .map(str::to_string);
+    let (number, notation) = match file_stem.split_once('_') {
+        Some((number, notation))
+            if !number.is_empty()
+                && number.chars().all(|c| c.is_ascii_digit())
+                && !notation.is_empty()
+                && notation.chars().all(|c| c.is_alphanumeric() || c == '-') =>
+        {
+            (Some(number.to_string()), Some(notation.to_string()))
+        }
+        _ => (None, None),
+    };
+    Ok(ImportedDocument {
+        doc_type: None,
+        number,
+        notation,
+        issuer: None,
+        place: None,
+        issued_date: None,
+        subject,
+        body: text.trim_end().to_string(),
+    })
+}
+
 fn not_a_document(reason: impl Into<String>) -> ImportError {
     ImportError::NotADocument {
         reason: reason.into(),
@@ -1756,6 +1815,24 @@ mod tests {
         for s in odd {
             let _ = parse_document(s);
             let _ = type_abbreviation(s);
+        }
+    }
+
+    #[test]
+    fn a_table_is_a_document_named_by_its_file_and_headed_by_its_widest_column() {
+        let text =
+            "Stt,Mã số,Tên 34 tỉnh sau sáp nhập\r\n1,01,Thành phố Hà Nội\r\n18,42,Hà Tĩnh\r\n";
+        let doc = parse_table(text, "915_CTK-CSCL").unwrap();
+        assert_eq!(doc.number.as_deref(), Some("915"));
+        assert_eq!(doc.notation.as_deref(), Some("CTK-CSCL"));
+        assert_eq!(doc.subject.as_deref(), Some("Tên 34 tỉnh sau sáp nhập"));
+        assert_eq!(
+            doc.body,
+            "Stt,Mã số,Tên 34 tỉnh sau sáp nhập\n1,01,Thành phố Hà Nội\n18,42,Hà Tĩnh"
+        );
+        assert_eq!(parse_table(text, "danh-sach").unwrap().number, None);
+        for bad in ["", "một dòng", "a,b\n", "a,b\n1,2,3\n", "\u{0}\u{1},x\n1,2"] {
+            assert!(parse_table(bad, "1_X").is_err(), "{bad:?}");
         }
     }
 }
