@@ -15,14 +15,20 @@
 //! - [`identity`]: the node key kept in the data directory.
 //! - [`service`]: the data directory, status and logging shared by both binaries.
 //! - [`determinism`]: the clock and randomness, seeded in simulations.
+//!
+//! `net`, `identity`, `service` and rosters come with the `net` feature (on by default);
+//! without it the crate is the engine alone, which is what the fuzz targets build.
 
 pub mod determinism;
+#[cfg(feature = "net")]
 pub mod identity;
 pub mod import;
 pub mod model;
+#[cfg(feature = "net")]
 pub mod net;
 pub mod policy;
 pub mod protocol;
+#[cfg(feature = "net")]
 pub mod service;
 pub mod store;
 pub mod units;

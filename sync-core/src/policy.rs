@@ -11,7 +11,9 @@
 //! units and roles; peers given on the command line are trusted for the unit they
 //! announce.
 
+#[cfg(feature = "net")]
 use std::collections::HashMap;
+#[cfg(feature = "net")]
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -129,6 +131,7 @@ pub fn may_accept(
     Ok(())
 }
 
+#[cfg(feature = "net")]
 #[derive(Debug, thiserror::Error)]
 pub enum RosterError {
     #[error("cannot read roster {path}: {source}")]
@@ -140,6 +143,7 @@ pub enum RosterError {
     Invalid { path: String, message: String },
 }
 
+#[cfg(feature = "net")]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RosterFile {
@@ -147,6 +151,7 @@ struct RosterFile {
     member: Vec<RosterEntry>,
 }
 
+#[cfg(feature = "net")]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RosterEntry {
@@ -155,12 +160,14 @@ struct RosterEntry {
     role: Role,
 }
 
+#[cfg(feature = "net")]
 /// Node ids with their unit and role.
 #[derive(Debug, Clone, Default)]
 pub struct Roster {
     members: HashMap<String, Member>,
 }
 
+#[cfg(feature = "net")]
 impl Roster {
     pub fn load(path: &Path) -> Result<Roster, RosterError> {
         let text = std::fs::read_to_string(path).map_err(|source| RosterError::Read {
@@ -289,6 +296,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "net")]
     #[test]
     fn rosters_reject_unknown_units_and_bad_ids() {
         let id = iroh::SecretKey::generate().public().to_string();
