@@ -95,6 +95,42 @@ async fn attack(ep: &Endpoint, a: &EndpointAddr, what: Attack, within: Duration)
     Some(closed.to_string())
 }
 
+/// Floods A with sync requests for records it does not hold, for six seconds, reading
+/// and dropping its answers as a peer would. Returns how many messages went out.
+async fn flood(c: Endpoint, a: EndpointAddr) -> u64 {
+    let empty = automerge::Automerge::new()
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .expect("a first message")
+        .encode();
+    let conn = c.connect(a, ALPN).await.expect("connects");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(Some(_)) = recv.read(&mut buf).await {}
+    });
+    send.write_all(&hello(UNIT_C)).await.expect("hello");
+    let mut sent = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let mut batch = Vec::new();
+        for n in 0..500u64 {
+            let id = format!("0190f5c2-8a1b-7c3d-9e4f-{:012x}", sent + n);
+            batch.extend(frame(&Message::Sync {
+                record: id,
+                data: empty.clone(),
+            }));
+        }
+        if send.write_all(&batch).await.is_err() {
+            break;
+        }
+        sent += 500;
+    }
+    let _ = send.finish();
+    conn.close(0u32.into(), b"done");
+    reader.abort();
+    sent
+}
+
 #[test]
 fn hostile_peers_end_only_their_own_sessions_on_a_running_node() {
     let root = tempfile::tempdir().unwrap();
@@ -145,7 +181,7 @@ fn hostile_peers_end_only_their_own_sessions_on_a_running_node() {
     let a_id: EndpointId = a.id.parse().unwrap();
     let a_ep = EndpointAddr::new(a_id).with_ip_addr(a.listen);
     let within = Duration::from_secs(15);
-    let (tried, closed, flood_sent) = runtime.block_on(async {
+    let (tried, closed, c) = runtime.block_on(async {
         let c = endpoint(c_key).await;
         let rogue = endpoint(SecretKey::generate()).await;
         let mut tried = 0;
@@ -208,45 +244,22 @@ fn hostile_peers_end_only_their_own_sessions_on_a_running_node() {
             expect_closed(r, "a frame of garbage");
         }
 
-        // A flood of small valid messages: sync requests for records A does not hold.
-        let empty = automerge::Automerge::new()
-            .generate_sync_message(&mut automerge::sync::State::new())
-            .expect("a first message")
-            .encode();
-        let conn = c.connect(a_ep.clone(), ALPN).await.expect("connects");
-        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-        // Read (and drop) whatever A answers, as a peer would.
-        let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(Some(_)) = recv.read(&mut buf).await {}
-        });
-        send.write_all(&hello(UNIT_C)).await.expect("hello");
-        let mut flood_sent = 0u64;
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(4) {
-            let mut batch = Vec::new();
-            for n in 0..500u64 {
-                let id = format!("0190f5c2-8a1b-7c3d-9e4f-{:012x}", flood_sent + n);
-                batch.extend(frame(&Message::Sync {
-                    record: id,
-                    data: empty.clone(),
-                }));
-            }
-            if send.write_all(&batch).await.is_err() {
-                break;
-            }
-            flood_sent += 500;
-        }
-        let flood = 1;
-        let _ = send.finish();
-        conn.close(0u32.into(), b"done");
-        reader.abort();
-
         let r = silent.await.expect("silent attacker");
         expect_closed(r, "a connection that never says Hello");
         let _ = expect_closed;
-        (tried + flood, closed, flood_sent)
+        (tried, closed, c)
     });
+
+    // A flood of small valid messages (sync requests for records A does not hold) for
+    // six seconds; meanwhile A writes a record for B, which must still get through.
+    let flood = runtime.spawn(flood(c, a_ep.clone()));
+    std::thread::sleep(Duration::from_secs(1));
+    let during = shared("trong lúc bị tấn công");
+    let written = Instant::now();
+    arrives(&during, Duration::from_secs(30));
+    let delay = written.elapsed();
+    let flood_sent = runtime.block_on(flood).expect("flood");
+    let tried = tried + 1;
 
     // B's sync goes on; A is the same process and did not swallow what was claimed.
     arrives(&shared("sau cuộc tấn công"), Duration::from_secs(30));
@@ -258,7 +271,7 @@ fn hostile_peers_end_only_their_own_sessions_on_a_running_node() {
     );
     let status = a.get("/api/v1/status");
     assert_eq!(
-        status["documents"], 2,
+        status["documents"], 3,
         "nothing from the attackers was stored"
     );
     // Written past the test harness's capture, so the figures show in every run.
@@ -266,6 +279,7 @@ fn hostile_peers_end_only_their_own_sessions_on_a_running_node() {
     let _ = writeln!(
         std::io::stderr(),
         "hostile peers: {tried} hostile inputs tried ({closed} sessions ended by A, a flood of \
-         {flood_sent} messages), A's pid unchanged, memory {rss_before} → {rss_after} KiB"
+         {flood_sent} messages, during which B received a new record after {delay:.1?}), \
+         A's pid unchanged, memory {rss_before} → {rss_after} KiB"
     );
 }
