@@ -58,22 +58,34 @@ fn a_node_restarted_offline_lists_everything_and_refetches_nothing() {
         "B offline after a restart"
     );
 
+    let before = relay_peer(&sites.b, &relay_id).expect("B knows its relay");
     sites.r.start();
+    // Until the session has caught up (its last sync moved on, pending counts are zero
+    // and the bytes received stop changing), the count is read again and again.
     let started = Instant::now();
     let mut lowest = usize::MAX;
+    let mut last_bytes = None;
+    let mut steady = 0;
     let peer = loop {
         let listed = sites.b.documents().len();
         let counted = sites.b.get("/api/v1/status")["documents"].as_u64().unwrap() as usize;
         lowest = lowest.min(listed).min(counted);
-        if let Some(p) = relay_peer(&sites.b, &relay_id).filter(settled)
-            && started.elapsed() > Duration::from_secs(2)
+        if let Some(p) = relay_peer(&sites.b, &relay_id)
+            .filter(settled)
+            .filter(|p| p["last_sync"] != before["last_sync"] && p["last_sync"].is_string())
         {
-            break p;
+            let bytes = p["bytes_in"].as_u64();
+            steady = if bytes == last_bytes { steady + 1 } else { 0 };
+            last_bytes = bytes;
+            if steady >= 5 {
+                break p;
+            }
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "B never settled with the relay"
         );
+        std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(
         lowest, DOCUMENTS,

@@ -151,12 +151,16 @@ fn serve(
     roster: Option<PathBuf>,
     cache_documents: usize,
 ) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&dir.path)
+        .with_context(|| format!("cannot create {}", dir.path.display()))?;
+    // Taken before anything else, so two `serve` on one empty directory cannot both
+    // initialise it.
+    let _serving = dir.lock_for_serving()?;
     if !dir.is_initialised() {
         let store = dir.init(Role::Node, DEFAULT_UNIT, "")?;
         info!(dir = %dir.path.display(), unit = %store.info().unit, name = %store.info().name,
             "empty data directory: initialised with the default unit");
     }
-    let _serving = dir.lock_for_serving()?;
     let (mut store, key, me) = dir.open(Role::Node)?;
     store.set_cache_capacity(cache_documents);
     let roster = match roster {

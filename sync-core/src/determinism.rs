@@ -78,6 +78,23 @@ pub fn now_micros() -> u64 {
     })
 }
 
+/// A new UUID version 7 (time-ordered). Outside a simulation, uuid's own generator keeps
+/// ids made by this process in creation order even within one millisecond.
+pub fn uuid_v7() -> uuid::Uuid {
+    let seeded = SEEDED.with(|s| s.borrow().is_some());
+    if !seeded {
+        return uuid::Uuid::now_v7();
+    }
+    let micros = now_micros();
+    // The clock of a seeded source moves forward at every reading, so the microseconds
+    // below the millisecond (12 bits of the random part) keep simulated ids ordered too.
+    let mut tail: [u8; 10] = random_bytes();
+    let sub_milli = (micros % 1000) as u16;
+    tail[0] = (sub_milli >> 8) as u8;
+    tail[1] = sub_milli as u8;
+    uuid::Builder::from_unix_timestamp_millis(micros / 1000, &tail).into_uuid()
+}
+
 /// `N` random bytes.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];

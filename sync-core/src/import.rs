@@ -200,8 +200,17 @@ pub fn parse_table(text: &str, file_stem: &str) -> Result<ImportedDocument, Impo
     check_text(text)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let text = compose_vietnamese(text).replace("\r\n", "\n");
+    // Spreadsheets saved with a Vietnamese locale separate cells with `;` (the comma is
+    // the decimal mark there); tabs come from copying a table. The heading row decides.
+    let first = text.lines().next().unwrap_or("");
+    let delimiter = [b',', b';', b'\t']
+        .into_iter()
+        .max_by_key(|d| first.bytes().filter(|b| b == d).count())
+        .filter(|d| first.as_bytes().contains(d))
+        .unwrap_or(b',');
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
+        .delimiter(delimiter)
         .from_reader(text.as_bytes());
     let mut rows = Vec::new();
     for row in reader.records() {
@@ -1831,6 +1840,9 @@ mod tests {
             "Stt,Mã số,Tên 34 tỉnh sau sáp nhập\n1,01,Thành phố Hà Nội\n18,42,Hà Tĩnh"
         );
         assert_eq!(parse_table(text, "danh-sach").unwrap().number, None);
+        let semicolons = "Stt;Mã số;Tên tỉnh\n1;01;Thành phố Hà Nội\n";
+        let doc = parse_table(semicolons, "915_CTK-CSCL").unwrap();
+        assert_eq!(doc.subject.as_deref(), Some("Tên tỉnh"));
         for bad in ["", "một dòng", "a,b\n", "a,b\n1,2,3\n", "\u{0}\u{1},x\n1,2"] {
             assert!(parse_table(bad, "1_X").is_err(), "{bad:?}");
         }

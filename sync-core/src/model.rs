@@ -10,9 +10,9 @@
 //! `notation`, `issuer`, `place`, `issued_date`, `subject`, …), `recipients` as a list,
 //! `body` as automerge Text, and `deleted` (a map with `by` and `at`) once tombstoned.
 //!
-//! Layout of an `annotation`: `target` (document id), `anchor` (`start`, a cursor at the
-//! first annotated character, and `last`, one at the last, into the target's body, as
-//! strings), `text`, `author`, `visibility`, `shared_with`, `resolved`, and
+//! Layout of an `annotation`: `target` (document id), `anchor` (cursors into the target's
+//! body, as strings: `start` at the first annotated character, `last` at the last one,
+//! `end` at the character after the range), `text`, `author`, `visibility`, `shared_with`, `resolved`, and
 //! `confidential` when it must not leave its unit (private, or on a secret document).
 //!
 //! All access goes through this module; nothing else reads raw paths.
@@ -61,10 +61,7 @@ pub struct DocId(String);
 impl DocId {
     /// A fresh id, time-ordered so that new records cluster in the store's index.
     pub fn new() -> DocId {
-        let millis = determinism::now_micros() / 1000;
-        let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &determinism::random_bytes())
-            .into_uuid();
-        DocId(uuid.hyphenated().to_string())
+        DocId(determinism::uuid_v7().hyphenated().to_string())
     }
 
     /// Accepts only the canonical hyphenated form, so one record has exactly one id.
@@ -409,8 +406,19 @@ pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(),
         ("issued_date", &patch.issued_date),
         ("due_date", &patch.due_date),
     ] {
+        let iso = |v: &str| {
+            v.len() == 10
+                && v.bytes().enumerate().all(|(i, b)| {
+                    if i == 4 || i == 7 {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
+                && chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").is_ok()
+        };
         if let Some(v) = value.as_deref().filter(|v| !v.is_empty())
-            && chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").is_err()
+            && !iso(v)
         {
             return Err(ModelError::Invalid(format!(
                 "{key} {v:?} is not a date of the form YYYY-MM-DD (such as 2026-07-01)"
@@ -661,7 +669,15 @@ pub fn create_annotation(
             } else {
                 None
             };
-            Some((start, last))
+            // And one on the character after the range (or the end of the text), which
+            // bounds the range when the last character is gone and nothing before the
+            // range is left for the `last` cursor to fall back on.
+            let end = if a.end == len {
+                target.get_cursor(&body, automerge::CursorPosition::End, None)?
+            } else {
+                target.get_cursor(&body, a.end, None)?
+            };
+            Some((start, last, end))
         }
         None => None,
     };
@@ -669,12 +685,13 @@ pub fn create_annotation(
     let mut tx = doc.transaction();
     write_header(&mut tx, header)?;
     tx.put(ROOT, "target", target_id.as_str())?;
-    if let Some((start, last)) = anchor {
+    if let Some((start, last, end)) = anchor {
         let a = tx.put_object(ROOT, "anchor", ObjType::Map)?;
         tx.put(&a, "start", start.to_string())?;
         if let Some(last) = last {
             tx.put(&a, "last", last.to_string())?;
         }
+        tx.put(&a, "end", end.to_string())?;
     }
     if header.confidential || target_secret {
         // Kept in the annotation itself, so every hop knows it must not leave the unit
@@ -707,12 +724,21 @@ pub fn annotation_json(
                 let c = Cursor::try_from(text).ok()?;
                 target.get_cursor_position(&body, &c, None).ok().map(Some)
             };
-            match (resolve("start"), resolve("last")) {
-                (Some(Some(start)), Some(None)) => json!({ "start": start, "end": start }),
-                (Some(Some(start)), Some(Some(last))) if last >= start => {
-                    json!({ "start": start, "end": last + 1 })
+            // The range ends after its last character, and never past the character that
+            // followed it; when its start reaches that end, the annotated text is gone.
+            match (resolve("start"), resolve("last"), resolve("end")) {
+                (Some(Some(start)), Some(None), _) => json!({ "start": start, "end": start }),
+                (Some(Some(start)), Some(Some(last)), Some(after)) => {
+                    let end = match after {
+                        Some(after) => (last + 1).min(after),
+                        None => last + 1,
+                    };
+                    if end > start {
+                        json!({ "start": start, "end": end })
+                    } else {
+                        Json::Null
+                    }
                 }
-                // The annotated text was deleted, or the anchor does not resolve.
                 _ => Json::Null,
             }
         }
@@ -923,6 +949,13 @@ mod tests {
         assert_eq!(body_text(&target).unwrap(), "Xã , tỉnh Hà Tĩnh (mới)");
         assert_eq!(anchor(&name, &target), Json::Null);
         assert_eq!(anchor(&province, &target), json!({"start": 5, "end": 17}));
+        // A range at the very start whose text goes, with nothing before it to fall back on.
+        let head = note(&target, 0, 4);
+        splice_body(&mut target, 0, 4, "").unwrap();
+        assert_eq!(anchor(&head, &target), Json::Null);
+        let len = body_text(&target).unwrap().chars().count();
+        splice_body(&mut target, 0, len, "").unwrap();
+        assert_eq!(anchor(&province, &target), Json::Null);
     }
 
     #[test]

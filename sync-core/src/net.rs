@@ -46,6 +46,9 @@ const MAX_REDIAL: Duration = Duration::from_secs(4);
 /// retrying is right, as its roster may change, but not four times a second.
 const MAX_REDIAL_REFUSED: Duration = Duration::from_secs(60);
 
+/// How long a write may wait for the peer to take it.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a shutdown waits for sessions to save their sync states and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -298,9 +301,10 @@ async fn dial_loop(shared: Arc<Shared>, peer: PeerAddr) {
 
 /// How a connection ended, as far as redialling cares.
 enum Outcome {
-    /// A session ran (the peer said Hello), however it ended.
+    /// The session ended normally or the connection was lost.
     Session,
-    /// The connection closed before any session began.
+    /// One side refused the other (not on the roster, a protocol fault, no Hello in
+    /// time): redialling at once would only repeat it.
     Refused,
 }
 
@@ -349,29 +353,35 @@ async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) -> 
                 messages_out = stats.messages_out, stored = stats.records_stored,
                 "peer disconnected");
             conn.close(VarInt::from_u32(CLOSE_DONE), b"bye");
+            Outcome::Session
         }
         Err(SessionEnd::Protocol(e)) => {
             warn!(peer = %short(&peer_id), error = %e, "ended the session with a faulty peer");
             conn.close(VarInt::from_u32(CLOSE_PROTOCOL), e.to_string().as_bytes());
+            Outcome::Refused
         }
         Err(SessionEnd::Io(e)) => {
-            let refused = matches!(
-                conn.close_reason(),
-                Some(iroh::endpoint::ConnectionError::ApplicationClosed(c))
-                    if c.error_code == VarInt::from_u32(CLOSE_NOT_ALLOWED)
-            );
-            if refused {
+            // The peer closing with an error code refused us (not on its roster) or found
+            // fault with what we sent; a connection that was merely lost is redialled at
+            // the ordinary pace.
+            let code = match conn.close_reason() {
+                Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => Some(c.error_code),
+                _ => None,
+            };
+            if code == Some(VarInt::from_u32(CLOSE_NOT_ALLOWED)) {
                 warn!(peer = %short(&peer_id),
                     "the peer refused this node: it is not on the peer's roster");
+            } else if let Some(code) = code.filter(|c| *c != VarInt::from_u32(CLOSE_DONE)) {
+                warn!(peer = %short(&peer_id), %code, reason = %e,
+                    "the peer ended the session for a fault");
             } else {
                 info!(peer = %short(&peer_id), reason = %e, "peer connection lost");
             }
+            match code {
+                Some(c) if c != VarInt::from_u32(CLOSE_DONE) => Outcome::Refused,
+                _ => Outcome::Session,
+            }
         }
-    }
-    if session.has_hello() {
-        Outcome::Session
-    } else {
-        Outcome::Refused
     }
 }
 
@@ -396,18 +406,22 @@ async fn drive(
     let mut writer = FramedWrite::new(send, codec());
     let mut changes: watch::Receiver<u64> = lock(&shared.store).subscribe();
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
-    let hello_deadline = tokio::time::sleep(HELLO_TIMEOUT);
-    tokio::pin!(hello_deadline);
 
     let hello = {
         let store = lock(&shared.store);
         session.start(&store).map_err(SessionEnd::Protocol)?
     };
-    let bytes_out = send_all(&mut writer, hello).await?;
+    let bytes_out = send_bounded(shared, &mut writer, hello).await?;
     set_status(shared, session.peer_id(), |s| s.bytes_out += bytes_out);
+    // Armed once our Hello is out, so time spent waiting for the store does not count
+    // against the peer.
+    let hello_deadline = tokio::time::sleep(HELLO_TIMEOUT);
+    tokio::pin!(hello_deadline);
 
     loop {
         let out = tokio::select! {
+            // A frame that is already here wins over a deadline that passed meanwhile.
+            biased;
             frame = reader.next() => {
                 let Some(first) = frame else { return Ok(()) };
                 let mut frames = vec![first];
@@ -442,9 +456,28 @@ async fn drive(
         if !out.is_empty() {
             debug!(peer = %short(session.peer_id()), frames = out.len(), "frames out");
         }
-        let bytes_out = send_all(&mut writer, out).await?;
+        let bytes_out = send_bounded(shared, &mut writer, out).await?;
         set_status(shared, session.peer_id(), |s| s.bytes_out += bytes_out);
         update_status(shared, session);
+    }
+}
+
+/// [`send_all`], bounded: a peer that stops reading (its flow-control window stays full)
+/// ends its session after [`SEND_TIMEOUT`] instead of holding it forever, and a shutdown
+/// does not wait for it.
+async fn send_bounded(
+    shared: &Shared,
+    writer: &mut FramedWrite<iroh::endpoint::SendStream, LengthDelimitedCodec>,
+    messages: Vec<Message>,
+) -> Result<u64, SessionEnd> {
+    tokio::select! {
+        sent = tokio::time::timeout(SEND_TIMEOUT, send_all(writer, messages)) => match sent {
+            Ok(result) => result,
+            Err(_) => Err(SessionEnd::Io(format!(
+                "the peer read nothing for {SEND_TIMEOUT:?}"
+            ))),
+        },
+        _ = shared.stopping.cancelled() => Err(SessionEnd::Io("shutting down".into())),
     }
 }
 

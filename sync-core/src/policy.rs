@@ -99,6 +99,8 @@ pub enum Refusal {
     OwnerChanged,
     #[error("the change alters who created the record")]
     CreatorChanged,
+    #[error("only the owning unit changes who may see a record (its audience or secrecy)")]
+    NotOwner,
 }
 
 /// `may_accept`: may `peer` write this change, which turns `before` (if we hold the
@@ -126,6 +128,15 @@ pub fn may_accept(
         }
         if before.created_by != after.created_by || before.created_at != after.created_at {
             return Err(Refusal::CreatorChanged);
+        }
+        // A node of another unit may edit a record shared with it, not widen, narrow or
+        // lift the secrecy of it. A relay carries such changes from their owners.
+        // TODO: a relay is trusted to carry only owners' changes; knowing who made a change
+        // needs changes signed by their unit, which the roster's keys do not provide yet.
+        let reaudienced =
+            before.audience != after.audience || before.confidential != after.confidential;
+        if reaudienced && peer.role == Role::Node && peer.unit.as_str() != before.unit {
+            return Err(Refusal::NotOwner);
         }
     }
     Ok(())
@@ -293,6 +304,27 @@ mod tests {
         assert_eq!(
             may_accept(&me, &b, Some(&h), &moved),
             Err(Refusal::OwnerChanged)
+        );
+        // B may not share A's record further, nor make it secret; A may.
+        let widened = header("18562", &["18568", "18409"]);
+        assert_eq!(
+            may_accept(&me, &b, Some(&h), &widened),
+            Err(Refusal::NotOwner)
+        );
+        let mut secret = h.clone();
+        secret.confidential = true;
+        assert_eq!(
+            may_accept(&me, &b, Some(&h), &secret),
+            Err(Refusal::WeMayNotHold)
+        );
+        let b_as_me = member("18568", Role::Node);
+        assert_eq!(
+            may_accept(&b_as_me, &member("42-445", Role::Relay), Some(&h), &widened),
+            Ok(())
+        );
+        assert_eq!(
+            may_accept(&member("18409", Role::Node), &a, Some(&h), &widened),
+            Ok(())
         );
     }
 

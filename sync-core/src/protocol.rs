@@ -78,9 +78,6 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
-    /// The sender did not keep the changes it was sent for this record (the policy
-    /// refused them): the receiver must not count the record as delivered.
-    Refused { record: String },
     /// Everything the sender stored up to `seq` (sender's numbering, sender's epoch) is
     /// now committed on the receiver. `pending` counts records the sender still has to
     /// offer, for status pages.
@@ -89,6 +86,10 @@ pub enum Message {
         seq: u64,
         pending: u64,
     },
+    /// The sender did not keep the changes it was sent for this record (the policy
+    /// refused them): the receiver must not count the record as delivered. Last, so the
+    /// encoding of the messages before it is what it always was.
+    Refused { record: String },
 }
 
 impl Message {
@@ -474,7 +475,7 @@ impl Session {
 
         // What we hold, as far as this peer may know: a record it may not see is treated
         // exactly like one we do not have, and nothing it sends for it is kept.
-        let (mut doc, before_header, hidden) = match store.take(&id)? {
+        let (mut doc, before_header, before_target, hidden) = match store.take(&id)? {
             Some(doc) => {
                 let header = model::read_header(&doc).ok();
                 let target = model::annotation_target(&doc);
@@ -483,13 +484,13 @@ impl Session {
                     None => false,
                 };
                 if visible {
-                    (doc, header, false)
+                    (doc, header, target, false)
                 } else {
                     store.untake(id.clone(), doc);
-                    (Automerge::new(), None, true)
+                    (Automerge::new(), None, None, true)
                 }
             }
-            None => (Automerge::new(), None, false),
+            None => (Automerge::new(), None, None, false),
         };
         let existed = before_header.is_some();
         // Whether `doc` is the store's copy, to be given back to its cache afterwards.
@@ -513,13 +514,14 @@ impl Session {
         }
 
         if doc.get_heads() != before {
-            let verdict = model::read_header(&doc)
-                .and_then(|after| model::to_json(&id, &doc).map(|_| after))
-                .map_err(|e| e.to_string())
-                .and_then(|after| {
-                    policy::may_accept(&self.me, &peer, before_header.as_ref(), &after)
-                        .map_err(|r| r.to_string())
-                });
+            let verdict = self.judge(
+                store,
+                &peer,
+                &id,
+                &doc,
+                before_header.as_ref(),
+                before_target.as_ref(),
+            );
             if let Err(reason) = verdict {
                 return self.refuse(store, id, existed, &reason, out);
             }
@@ -551,8 +553,40 @@ impl Session {
         })();
         if stored {
             store.untake(id, doc);
+        } else {
+            // Nothing of this record is kept here: neither is what this exchange learnt,
+            // so requests for records we do not hold (a flood of them, say) leave no state
+            // in memory or on disk. A later message starts afresh, which automerge allows.
+            self.states.pop(&id);
         }
         result
+    }
+
+    /// May the peer's change, which turned our copy (`before`, if we held it) into `doc`,
+    /// be kept? The policy decides on the headers; a note must also stay on its document,
+    /// and be on one the peer may see.
+    fn judge(
+        &self,
+        store: &Store,
+        peer: &Member,
+        id: &DocId,
+        doc: &Automerge,
+        before: Option<&model::Header>,
+        before_target: Option<&DocId>,
+    ) -> Result<(), String> {
+        let after = model::read_header(doc).map_err(|e| e.to_string())?;
+        model::to_json(id, doc).map_err(|e| e.to_string())?;
+        policy::may_accept(&self.me, peer, before, &after).map_err(|r| r.to_string())?;
+        if after.kind == model::Kind::Annotation {
+            let target = model::annotation_target(doc);
+            if before.is_some() && target.as_ref() != before_target {
+                return Err("the change moves the note to another document".into());
+            }
+            if !visible_to(store, peer, &after, target.as_ref()).map_err(|e| e.to_string())? {
+                return Err("the note is on a document the peer may not see".into());
+            }
+        }
+        Ok(())
     }
 
     /// Drops what a peer sent for a record we hold but may not show it. Whatever the peer
@@ -570,7 +604,10 @@ impl Session {
             "dropped changes from a peer to a record it may not see");
         self.stats.changes_refused += 1;
         let state = self.state(store, &id)?;
-        if let Some(reply) = generate(&doc, state, &id)? {
+        let reply = generate(&doc, state, &id)?;
+        // Nothing of this exchange is kept, as for any record not held here.
+        self.states.pop(&id);
+        if let Some(reply) = reply {
             out.push(Message::Sync {
                 record: id.to_string(),
                 data: reply.encode(),
@@ -626,12 +663,19 @@ impl Session {
         Ok(())
     }
 
-    /// Persists the durable part of every sync state held in memory; call at session end.
+    /// Persists the durable part of every sync state held in memory, for the records the
+    /// store holds, in one transaction; call at session end.
     pub fn persist_states(&mut self, store: &mut Store) -> Result<(), StoreError> {
-        for (id, state) in self.states.iter() {
-            store.save_sync_state(&self.peer_id, id, state)?;
-        }
-        Ok(())
+        let states = &self.states;
+        let peer = &self.peer_id;
+        store.batch(|store| {
+            for (id, state) in states.iter() {
+                if store.contains(id)? {
+                    store.save_sync_state(peer, id, state)?;
+                }
+            }
+            Ok::<_, StoreError>(())
+        })
     }
 }
 

@@ -511,6 +511,8 @@ impl Store {
         if exists && doc.get_heads() == before {
             return Ok(None);
         }
+        let old_reach = if exists { self.meta(id)? } else { None }
+            .map(|m| (m.header.audience, m.header.confidential));
         let header = model::read_header(doc)?;
         let json = model::to_json(id, doc)?;
         let deleted = model::is_deleted(doc);
@@ -587,6 +589,10 @@ impl Store {
                 )?;
             }
             self.index_for_search(id, &json)?;
+            let reach = (header.audience.clone(), header.confidential);
+            if header.kind == Kind::Document && old_reach.is_some_and(|old| old != reach) {
+                self.renumber_annotations(id)?;
+            }
             Ok(Some(seq))
         }
     }
@@ -608,6 +614,21 @@ impl Store {
             "INSERT INTO search (record, text) VALUES (?1, ?2)",
             params![id.as_str(), fold_for_search(&text)],
         )?;
+        Ok(())
+    }
+
+    /// Gives every annotation of `target` a new seq. Whether a peer may see a note depends
+    /// on its document, so when the document's audience or secrecy changes, its notes are
+    /// offered again and each session decides afresh: a note held back while the
+    /// document was hidden from a peer goes out once the document is shared again.
+    fn renumber_annotations(&mut self, target: &DocId) -> Result<(), StoreError> {
+        for note in self.annotations_of(target)? {
+            let seq = self.next_seq()?;
+            self.conn.execute(
+                "UPDATE records SET seq = ?2 WHERE id = ?1",
+                params![note.as_str(), seq as i64],
+            )?;
+        }
         Ok(())
     }
 

@@ -539,6 +539,21 @@ impl World {
             );
         }
         self.log(|| format!("healed after {moved} messages"));
+        // Every session has caught up: nothing offered and unconfirmed, nothing announced
+        // and not received.
+        for link in &self.links {
+            let conn = link.conn.as_ref().expect("connected while healing");
+            for (session, site) in [(&conn.first, link.first), (&conn.second, link.second)] {
+                assert!(
+                    session.is_idle(),
+                    "{}'s session with {} never caught up ({} pending out, {} pending in)",
+                    self.sites[site].name,
+                    session.peer_id(),
+                    session.pending_out(),
+                    session.pending_in()
+                );
+            }
+        }
     }
 
     /// Whenever X holds cursor N for Y's current store, X has every change of each
@@ -775,9 +790,16 @@ fn a_seed_replays_exactly() {
         }
         world.heal();
         let mut out = Vec::new();
-        for site in &world.sites {
+        for site in &mut world.sites {
             for meta in site.store.changed_since(0, usize::MAX >> 1).expect("scan") {
-                out.push((site.name, meta.id.to_string(), meta.seq));
+                // The whole record, byte for byte, and where it stands in the store.
+                let bytes = site
+                    .store
+                    .get(&meta.id)
+                    .expect("read")
+                    .expect("held")
+                    .save();
+                out.push((site.name, meta.id.to_string(), meta.seq, bytes));
             }
         }
         (out, world.stats.delivered)

@@ -574,3 +574,47 @@ fn a_store_restored_from_an_older_backup_gets_back_what_it_lost() {
             .starts_with("sửa sau. ")
     );
 }
+
+#[test]
+fn a_note_held_back_with_its_document_follows_it_when_it_is_shared_again() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let doc = create(&mut a.store, &header(A, &[A, B]), "dự thảo");
+    let mut note_header = header(A, &[A, B]);
+    note_header.kind = Kind::Annotation;
+    let input = model::NewAnnotation {
+        text: "cần sửa".into(),
+        anchor: None,
+        visibility: model::Visibility::Audience,
+        shared_with: vec![],
+        author: None,
+    };
+    let target = a.store.get(&doc).unwrap().unwrap().clone();
+    let note = DocId::new();
+    let n = model::create_annotation(&note_header, &doc, &target, &input).unwrap();
+    a.store.put(&note, n, &[]).unwrap();
+    let share = |store: &mut Store, audience: Vec<String>| {
+        store
+            .modify(&doc, |d| {
+                model::update_document(
+                    d,
+                    &DocumentPatch {
+                        audience: Some(audience),
+                        ..Default::default()
+                    },
+                )
+            })
+            .unwrap();
+    };
+    share(&mut a.store, vec![A.into()]);
+    run(&mut a, &mut b);
+    assert!(!b.store.contains(&note).unwrap());
+
+    share(&mut a.store, vec![A.into(), B.into()]);
+    disconnect(&mut a, &mut b);
+    restart_session(&mut a, member(A, Role::Node), "b");
+    restart_session(&mut b, member(B, Role::Node), "a");
+    run(&mut a, &mut b);
+    assert!(b.store.contains(&doc).unwrap());
+    assert_eq!(json(&mut a.store, &note), json(&mut b.store, &note));
+}
