@@ -19,7 +19,7 @@
 //! 5. **Live**: after catch-up, new local changes are offered the same way as they
 //!    happen (the driver calls [`Session::poll_local`] when the store changes).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -161,9 +161,8 @@ pub struct Session {
     /// Offered and not yet confirmed, by our seq.
     pending: BTreeMap<u64, DocId>,
     pending_seq: HashMap<DocId, u64>,
-    /// Records the peer refused in this session, with the seq it refused; offered again
-    /// only when they change here.
-    refused_by_peer: HashMap<DocId, u64>,
+    /// Records the peer refused in this session; offered again only when they change here.
+    refused_by_peer: HashSet<DocId>,
     states: LruCache<DocId, sync::State>,
     progress_sent: u64,
     /// How many records the peer said it still has for us.
@@ -184,7 +183,7 @@ impl Session {
             scanned: 0,
             pending: BTreeMap::new(),
             pending_seq: HashMap::new(),
-            refused_by_peer: HashMap::new(),
+            refused_by_peer: HashSet::new(),
             states: LruCache::new(NonZeroUsize::new(SYNC_STATES_IN_MEMORY).expect("non-zero")),
             progress_sent: 0,
             pending_in: 0,
@@ -280,7 +279,7 @@ impl Session {
                     self.pending.remove(&seq);
                     tracing::warn!(peer = %short(&self.peer_id), record = %id,
                         "the peer refused a record it was offered");
-                    self.refused_by_peer.insert(id.clone(), seq);
+                    self.refused_by_peer.insert(id.clone());
                     self.states.pop(&id);
                 }
             }
@@ -466,7 +465,7 @@ impl Session {
             record: id.clone(),
             reason: e.to_string(),
         })?;
-        if self.refused_by_peer.contains_key(&id) {
+        if self.refused_by_peer.contains(&id) {
             // The peer refused our last offer of this record; the exchange for it rests
             // until the record changes here again.
             return Ok(());
