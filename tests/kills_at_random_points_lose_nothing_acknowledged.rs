@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use scenario::{Acknowledged, Kind, Process, binary, shared_data, wait_for, write_burst};
+use scenario::{Acknowledged, Kind, Process, binary, roster, shared_data, wait_for, write_burst};
 use serde_json::json;
 
 const UNIT_A: &str = "18562";
@@ -100,15 +100,7 @@ fn kills_at_random_points_lose_nothing_acknowledged() {
     let root = tempfile::tempdir().unwrap();
     let mut a = Process::init(root.path(), "node-A", Kind::Node, UNIT_A);
     let mut b = Process::init(root.path(), "node-B", Kind::Node, UNIT_B);
-    let roster = root.path().join("roster.toml");
-    std::fs::write(
-        &roster,
-        format!(
-            "[[member]]\nid = \"{}\"\nunit = \"{UNIT_B}\"\nrole = \"node\"\n",
-            b.id
-        ),
-    )
-    .unwrap();
+    let roster = roster(root.path(), "roster.toml", &[(&b, UNIT_B)]);
     a.with_args(&["--roster", roster.to_str().unwrap()]);
     let a_addr = a.addr();
     b.with_args(&["--peer", &a_addr]);

@@ -391,9 +391,8 @@ async fn patch_document(
     let patch: DocumentPatch = parse_body(&body)?;
     let value = with_store(&state, move |s| {
         let unit = s.info().unit.clone();
-        document_json(s, &id)?;
-        let owner = s.get(&id)?.map(model::read_header).transpose()?;
-        let owned = owner.as_ref().is_some_and(|h| h.unit == unit);
+        let current = document_json(s, &id)?;
+        let owned = current["unit"] == unit.as_str();
         if !owned && (patch.audience.is_some() || patch.secrecy.is_some()) {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
@@ -410,7 +409,7 @@ async fn patch_document(
                 )));
             }
         }
-        if model::is_deleted(s.get(&id)?.expect("checked above")) {
+        if current["deleted"] == true {
             return Err(ApiError(
                 StatusCode::CONFLICT,
                 "this document was deleted; it cannot be edited".into(),

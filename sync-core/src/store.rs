@@ -507,12 +507,12 @@ impl Store {
             })?;
             *doc = stored;
         }
-        let exists = self.contains(id)?;
+        let old = self.meta(id)?;
+        let exists = old.is_some();
         if exists && doc.get_heads() == before {
             return Ok(None);
         }
-        let old_reach = if exists { self.meta(id)? } else { None }
-            .map(|m| (m.header.audience, m.header.confidential));
+        let old_reach = old.map(|m| (m.header.audience, m.header.confidential));
         let header = model::read_header(doc)?;
         let json = model::to_json(id, doc)?;
         let deleted = model::is_deleted(doc);

@@ -485,11 +485,8 @@ fn a_wiped_peer_with_sync_states_on_record_still_gets_everything_back() {
     }
 }
 
-#[test]
-fn a_note_never_travels_where_its_document_may_not() {
-    let mut a = side("a", member(A, Role::Node), "b");
-    let mut b = side("b", member(B, Role::Node), "a");
-    let doc = create(&mut a.store, &header(A, &[A, B]), "dự thảo");
+/// An annotation on `doc` for everyone in its audience, stored.
+fn add_note(store: &mut Store, doc: &DocId) -> DocId {
     let mut note_header = header(A, &[A, B]);
     note_header.kind = Kind::Annotation;
     let input = model::NewAnnotation {
@@ -499,23 +496,33 @@ fn a_note_never_travels_where_its_document_may_not() {
         shared_with: vec![],
         author: None,
     };
-    let target = a.store.get(&doc).unwrap().unwrap().clone();
+    let target = store.get(doc).unwrap().unwrap().clone();
     let note = DocId::new();
-    let n = model::create_annotation(&note_header, &doc, &target, &input).unwrap();
-    a.store.put(&note, n, &[]).unwrap();
+    let n = model::create_annotation(&note_header, doc, &target, &input).unwrap();
+    store.put(&note, n, &[]).unwrap();
+    note
+}
+
+/// Sets who may see `doc`.
+fn share(store: &mut Store, doc: &DocId, audience: &[&str]) {
+    let patch = DocumentPatch {
+        audience: Some(audience.iter().map(|u| u.to_string()).collect()),
+        ..Default::default()
+    };
+    store
+        .modify(doc, |d| model::update_document(d, &patch))
+        .unwrap();
+}
+
+#[test]
+fn a_note_never_travels_where_its_document_may_not() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let doc = create(&mut a.store, &header(A, &[A, B]), "dự thảo");
+    let note = add_note(&mut a.store, &doc);
     // The draft is taken back to the commune before anything synced; the note, whose own
     // header still names B, stays with it.
-    a.store
-        .modify(&doc, |d| {
-            model::update_document(
-                d,
-                &DocumentPatch {
-                    audience: Some(vec![A.into()]),
-                    ..Default::default()
-                },
-            )
-        })
-        .unwrap();
+    share(&mut a.store, &doc, &[A]);
     run(&mut a, &mut b);
     assert!(!b.store.contains(&doc).unwrap());
     assert!(!b.store.contains(&note).unwrap());
@@ -580,37 +587,12 @@ fn a_note_held_back_with_its_document_follows_it_when_it_is_shared_again() {
     let mut a = side("a", member(A, Role::Node), "b");
     let mut b = side("b", member(B, Role::Node), "a");
     let doc = create(&mut a.store, &header(A, &[A, B]), "dự thảo");
-    let mut note_header = header(A, &[A, B]);
-    note_header.kind = Kind::Annotation;
-    let input = model::NewAnnotation {
-        text: "cần sửa".into(),
-        anchor: None,
-        visibility: model::Visibility::Audience,
-        shared_with: vec![],
-        author: None,
-    };
-    let target = a.store.get(&doc).unwrap().unwrap().clone();
-    let note = DocId::new();
-    let n = model::create_annotation(&note_header, &doc, &target, &input).unwrap();
-    a.store.put(&note, n, &[]).unwrap();
-    let share = |store: &mut Store, audience: Vec<String>| {
-        store
-            .modify(&doc, |d| {
-                model::update_document(
-                    d,
-                    &DocumentPatch {
-                        audience: Some(audience),
-                        ..Default::default()
-                    },
-                )
-            })
-            .unwrap();
-    };
-    share(&mut a.store, vec![A.into()]);
+    let note = add_note(&mut a.store, &doc);
+    share(&mut a.store, &doc, &[A]);
     run(&mut a, &mut b);
     assert!(!b.store.contains(&note).unwrap());
 
-    share(&mut a.store, vec![A.into(), B.into()]);
+    share(&mut a.store, &doc, &[A, B]);
     disconnect(&mut a, &mut b);
     restart_session(&mut a, member(A, Role::Node), "b");
     restart_session(&mut b, member(B, Role::Node), "a");
