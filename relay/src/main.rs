@@ -176,6 +176,12 @@ fn serve(
             .route("/api/v1/documents/{id}", get(get_record))
             .route("/metrics", get(metrics))
             .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+            .method_not_allowed_fallback(|| async {
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "a relay's API is read-only: it answers GET only",
+                )
+            })
             .with_state(AppState {
                 store,
                 net: net.clone(),
@@ -294,7 +300,7 @@ async fn get_record(
             &format!("no record with id {id} on this relay"),
         )
     };
-    let doc_id = DocId::parse(&id).map_err(|_| not_found())?;
+    let doc_id = DocId::parse(&id).map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string()))?;
     let found = blocking(move || {
         let mut store = service::lock(&s.store);
         match store.get(&doc_id).map_err(|e| e.to_string())? {
