@@ -64,7 +64,10 @@ fn imported_documents_reach_the_other_commune_through_the_relay() {
     }
 
     // The relay's read-only API answers bad requests in the same JSON shape.
-    let r = sites.r.try_raw("POST", "/api/v1/documents", &[], "{}").unwrap();
+    let r = sites
+        .r
+        .try_raw("POST", "/api/v1/documents", &[], "{}")
+        .unwrap();
     assert_eq!(r.status, 405, "{}", r.body);
     assert!(r.body["error"].is_string(), "{}", r.body);
     let r = sites.r.try_get("/api/v1/documents/not-a-uuid").unwrap();

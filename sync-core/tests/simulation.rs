@@ -4,7 +4,8 @@
 //! documents with various audiences, subjects, body text, annotations, deletions), and
 //! sites restart, losing everything they held in memory. No sockets and no wall clock:
 //! record ids, actors, epochs, sequence numbers and time stamps all follow from the seed
-//! (`sync_core::determinism`), so a failing seed replays exactly.
+//! (`sync_core::determinism`), so a failing seed replays (exactly within one process;
+//! see that module for what can still differ between processes).
 //!
 //! After the chaos the network heals (every link reconnects, no more faults) and the run
 //! checks what a clerk relies on:
