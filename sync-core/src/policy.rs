@@ -101,12 +101,14 @@ pub enum Refusal {
     CreatorChanged,
     #[error("only the owning unit changes who may see a record (its audience or secrecy)")]
     NotOwner,
+    #[error("a node creates records only for its own unit")]
+    ForeignCreator,
 }
 
 /// `may_accept`: may `peer` write this change, which turns `before` (if we hold the
 /// record) into `after`? A peer writes only into records it may hold both before and
-/// after, never moves a record to another unit, and never hands us a record we may not
-/// hold ourselves.
+/// after, never moves a record to another unit, never creates one in a unit it does not
+/// belong to, and never hands us a record we may not hold ourselves.
 pub fn may_accept(
     me: &Member,
     peer: &Member,
@@ -119,25 +121,31 @@ pub fn may_accept(
     if !may_hold(peer, after) {
         return Err(Refusal::PeerMayNotHold);
     }
-    if let Some(before) = before {
-        if !may_hold(peer, before) {
-            return Err(Refusal::PeerMayNotHold);
+    let Some(before) = before else {
+        // A new record: a node speaks only for its own unit; a relay carries records
+        // its subtree created.
+        if peer.role == Role::Node && peer.unit.as_str() != after.unit {
+            return Err(Refusal::ForeignCreator);
         }
-        if before.unit != after.unit {
-            return Err(Refusal::OwnerChanged);
-        }
-        if before.created_by != after.created_by || before.created_at != after.created_at {
-            return Err(Refusal::CreatorChanged);
-        }
-        // A node of another unit may edit a record shared with it, not widen, narrow or
-        // lift the secrecy of it. A relay carries such changes from their owners.
-        // TODO: a relay is trusted to carry only owners' changes; knowing who made a change
-        // needs changes signed by their unit, which the roster's keys do not provide yet.
-        let reaudienced =
-            before.audience != after.audience || before.confidential != after.confidential;
-        if reaudienced && peer.role == Role::Node && peer.unit.as_str() != before.unit {
-            return Err(Refusal::NotOwner);
-        }
+        return Ok(());
+    };
+    if !may_hold(peer, before) {
+        return Err(Refusal::PeerMayNotHold);
+    }
+    if before.unit != after.unit {
+        return Err(Refusal::OwnerChanged);
+    }
+    if before.created_by != after.created_by || before.created_at != after.created_at {
+        return Err(Refusal::CreatorChanged);
+    }
+    // A node of another unit may edit a record shared with it, not widen, narrow or
+    // lift the secrecy of it. A relay carries such changes from their owners.
+    // TODO: a relay is trusted to carry only owners' changes; knowing who made a change
+    // needs changes signed by their unit, which the roster's keys do not provide yet.
+    let reaudienced =
+        before.audience != after.audience || before.confidential != after.confidential;
+    if reaudienced && peer.role == Role::Node && peer.unit.as_str() != before.unit {
+        return Err(Refusal::NotOwner);
     }
     Ok(())
 }
@@ -317,7 +325,14 @@ mod tests {
             may_accept(&me, &b, Some(&h), &secret),
             Err(Refusal::WeMayNotHold)
         );
+        // B may not create a record in A's name, even one addressed to itself; a relay
+        // carries A's records to B.
+        assert_eq!(may_accept(&me, &b, None, &h), Err(Refusal::ForeignCreator));
         let b_as_me = member("18568", Role::Node);
+        assert_eq!(
+            may_accept(&b_as_me, &member("42-445", Role::Relay), None, &h),
+            Ok(())
+        );
         assert_eq!(
             may_accept(&b_as_me, &member("42-445", Role::Relay), Some(&h), &widened),
             Ok(())

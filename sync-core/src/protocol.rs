@@ -466,9 +466,14 @@ impl Session {
             reason: e.to_string(),
         })?;
         if self.refused_by_peer.contains(&id) {
-            // The peer refused our last offer of this record; the exchange for it rests
-            // until the record changes here again.
-            return Ok(());
+            if message.heads.is_empty() {
+                // The peer refused our last offer of this record and still holds none of
+                // it: the exchange rests until the record changes here again.
+                return Ok(());
+            }
+            // The peer holds the record now (it came from elsewhere): an ordinary
+            // exchange, in which the peer may take what it refused as a new record.
+            self.refused_by_peer.remove(&id);
         }
         let peer = self.peer_member()?.clone();
 

@@ -558,7 +558,11 @@ impl World {
     }
 
     /// Whenever X holds cursor N for Y's current store, X has every change of each
-    /// record Y last changed at or below N, if X may hold it.
+    /// record Y last changed at or below N, if X may hold it and may take it from Y. A
+    /// node is the source only of its own unit's records: another unit's record it
+    /// passes on is refused by a peer that does not hold it yet, and comes to that peer
+    /// from elsewhere, with the node's changes following in the exchange that starts
+    /// then (`check_converged` sees that they all arrive).
     fn check_cursors(&mut self) {
         for x in 0..self.sites.len() {
             for y in 0..self.sites.len() {
@@ -578,6 +582,10 @@ impl World {
                     .expect("scan");
                 for meta in owed.iter().filter(|m| m.seq <= record.cursor) {
                     if !policy::may_hold(&self.sites[x].member, &meta.header) {
+                        continue;
+                    }
+                    let y_member = &self.sites[y].member;
+                    if y_member.role == Role::Node && y_member.unit.as_str() != meta.header.unit {
                         continue;
                     }
                     let theirs = self.sites[y]

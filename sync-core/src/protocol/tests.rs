@@ -541,7 +541,8 @@ fn a_store_restored_from_an_older_backup_gets_back_what_it_lost() {
         session: Session::new(me_a.clone(), "b".into(), None),
         inbox: VecDeque::new(),
     };
-    let mut b = side("b", member(B, Role::Node), "a");
+    // Its cluster relay carries A's records for B, and gives them back.
+    let mut b = side("b", member(CLUSTER, Role::Relay), "a");
     let early = create(&mut a.store, &header(A, &[B]), "trước khi sao lưu");
     run(&mut a, &mut b);
     disconnect(&mut a, &mut b);
@@ -556,7 +557,7 @@ fn a_store_restored_from_an_older_backup_gets_back_what_it_lost() {
         .modify(&early, |d| model::splice_body(d, 0, 0, "sửa sau. "))
         .unwrap();
     restart_session(&mut a, me_a.clone(), "b");
-    restart_session(&mut b, member(B, Role::Node), "a");
+    restart_session(&mut b, member(CLUSTER, Role::Relay), "a");
     run(&mut a, &mut b);
     disconnect(&mut a, &mut b);
 
@@ -569,7 +570,7 @@ fn a_store_restored_from_an_older_backup_gets_back_what_it_lost() {
     a.store = Store::open(&path).unwrap();
     assert!(!a.store.contains(&late).unwrap());
     restart_session(&mut a, me_a, "b");
-    restart_session(&mut b, member(B, Role::Node), "a");
+    restart_session(&mut b, member(CLUSTER, Role::Relay), "a");
     run(&mut a, &mut b);
     for id in [&early, &late] {
         assert_eq!(json(&mut a.store, id), json(&mut b.store, id));
@@ -599,4 +600,26 @@ fn a_note_held_back_with_its_document_follows_it_when_it_is_shared_again() {
     run(&mut a, &mut b);
     assert!(b.store.contains(&doc).unwrap());
     assert_eq!(json(&mut a.store, &note), json(&mut b.store, &note));
+}
+
+#[test]
+fn a_node_cannot_plant_a_record_in_another_units_name() {
+    // B writes a record that claims to be A's, addressed to B itself, and offers it to
+    // their relay and to A: neither keeps it.
+    let mut b = side("b", member(B, Role::Node), "r");
+    let forged = create(&mut b.store, &header(A, &[A, B]), "giả mạo");
+    let mut r = side("r", member(CLUSTER, Role::Relay), "b");
+    run(&mut b, &mut r);
+    assert!(!r.store.contains(&forged).unwrap());
+    assert!(r.session.stats().changes_refused > 0);
+
+    let mut b = Side {
+        session: Session::new(member(B, Role::Node), "a".into(), None),
+        ..b
+    };
+    b.inbox.clear();
+    let mut a = side("a", member(A, Role::Node), "b");
+    run(&mut b, &mut a);
+    assert!(!a.store.contains(&forged).unwrap());
+    assert_eq!(a.store.count().unwrap(), 0);
 }
