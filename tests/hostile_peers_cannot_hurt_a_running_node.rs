@@ -42,6 +42,7 @@ fn hello(unit: &str) -> Vec<u8> {
         unit: unit.into(),
         role: Role::Node,
         cursor: None,
+        rosters: vec![],
     })
 }
 

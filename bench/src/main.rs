@@ -17,7 +17,8 @@ use automerge::{Automerge, ObjType, ROOT};
 use clap::{Parser, Subcommand};
 use sync_core::model::{self, DocId, DocumentPatch, Header, Kind};
 use sync_core::net::{Net, NetConfig, PeerAddr, SharedStore};
-use sync_core::policy::{Member, Role, Roster};
+use sync_core::policy::{Member, Role};
+use sync_core::roster::Roster;
 use sync_core::service;
 use sync_core::store::Store;
 use sync_core::units::UnitCode;
@@ -169,6 +170,7 @@ async fn cabinet(trace: &Trace, batch: usize) -> anyhow::Result<CabinetRun> {
             me: member("18562"),
             dial: vec![],
             roster: roster.clone(),
+            roster_keys: vec![],
         },
     )
     .await?;
@@ -187,6 +189,7 @@ async fn cabinet(trace: &Trace, batch: usize) -> anyhow::Result<CabinetRun> {
                 Role::Node,
             )],
             roster,
+            roster_keys: vec![],
         },
     )
     .await?;

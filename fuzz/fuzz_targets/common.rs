@@ -38,6 +38,7 @@ pub fn node_after_hello(body: &str) -> (Store, Session, DocId) {
         unit: "18568".into(),
         role: Role::Node,
         cursor: None,
+        rosters: vec![],
     };
     store.batch(|s| session.handle(s, hello)).expect("hello");
     (store, session, id)

@@ -12,7 +12,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use sync_core::model::{self, DocId, DocumentPatch, Header, Kind};
 use sync_core::net::{Net, NetConfig, PeerAddr};
-use sync_core::policy::{Role, Roster};
+use sync_core::policy::Role;
+use sync_core::roster::Roster;
 use sync_core::service::{self, DataDir};
 use sync_core::store::Store;
 use sync_core::units::UnitCode;
@@ -67,9 +68,8 @@ enum Command {
         /// A relay to sync through: NODE_ID@HOST:PORT.
         #[arg(long)]
         relay: Vec<String>,
-        /// Roster of the nodes and relays allowed to connect (TOML).
-        #[arg(long)]
-        roster: Option<PathBuf>,
+        #[command(flatten)]
+        access: Access,
         /// Loaded documents kept in memory.
         #[arg(long, default_value_t = sync_core::store::DEFAULT_CACHE_DOCUMENTS)]
         cache_documents: usize,
@@ -85,6 +85,18 @@ enum Command {
     },
 }
 
+/// Who may sync with this process.
+#[derive(clap::Args)]
+struct Access {
+    /// Roster of the nodes and relays allowed to connect (TOML).
+    #[arg(long)]
+    roster: Option<PathBuf>,
+    /// The node id of a relay trusted to sign rosters for its subtree (the province
+    /// relay, as a rule); its signed roster reaches this process through sync.
+    #[arg(long, value_name = "NODE_ID")]
+    roster_key: Vec<sync_core::net::EndpointId>,
+}
+
 fn main() -> ExitCode {
     service::init_tracing();
     let cli = Cli::parse();
@@ -97,9 +109,9 @@ fn main() -> ExitCode {
             listen,
             peer,
             relay,
-            roster,
+            access,
             cache_documents,
-        } => serve(&dir, http, listen, peer, relay, roster, cache_documents),
+        } => serve(&dir, http, listen, peer, relay, access, cache_documents),
         Command::Import { audience, files } => import(&dir, &audience, &files),
     };
     match result {
@@ -148,7 +160,7 @@ fn serve(
     listen: SocketAddr,
     peers: Vec<String>,
     relays: Vec<String>,
-    roster: Option<PathBuf>,
+    access: Access,
     cache_documents: usize,
 ) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir.path)
@@ -163,8 +175,8 @@ fn serve(
     }
     let (mut store, key, me) = dir.open(Role::Node)?;
     store.set_cache_capacity(cache_documents);
-    let roster = match roster {
-        Some(path) => Roster::load(&path)?,
+    let roster = match &access.roster {
+        Some(path) => Roster::load(path)?,
         None => Roster::default(),
     };
     let mut dial = parse_peers(&peers, Role::Node)?;
@@ -183,6 +195,7 @@ fn serve(
                 me: me.clone(),
                 dial,
                 roster,
+                roster_keys: access.roster_key,
             },
         )
         .await?;

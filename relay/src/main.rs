@@ -19,7 +19,8 @@ use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 use sync_core::model::DocId;
 use sync_core::net::{Net, NetConfig, PeerAddr, SharedStore};
-use sync_core::policy::{Role, Roster};
+use sync_core::policy::Role;
+use sync_core::roster::{Roster, SignedRoster};
 use sync_core::service::{self, DataDir};
 use tracing::info;
 
@@ -65,12 +66,38 @@ enum Command {
         /// The relay above this one: NODE_ID@HOST:PORT.
         #[arg(long)]
         upstream: Option<String>,
-        /// Roster of the nodes and relays this relay serves (TOML).
-        #[arg(long)]
-        roster: Option<PathBuf>,
+        #[command(flatten)]
+        access: Access,
         #[arg(long, default_value_t = sync_core::store::DEFAULT_CACHE_DOCUMENTS)]
         cache_documents: usize,
     },
+    /// Sign a roster of this relay's subtree and publish it: peers that trust this
+    /// relay's key (`--roster-key`) take it on their next sync, and pass it down.
+    Roster {
+        #[command(subcommand)]
+        action: RosterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RosterAction {
+    /// Sign FILE (the roster format, with an optional `revoked = [...]` list) as the next
+    /// version. A running relay on the same data directory sends it out within seconds.
+    Publish { file: PathBuf },
+    /// Print the signed rosters this relay holds.
+    Show,
+}
+
+/// Who may sync with this process.
+#[derive(clap::Args)]
+struct Access {
+    /// Roster of the nodes and relays allowed to connect (TOML).
+    #[arg(long)]
+    roster: Option<PathBuf>,
+    /// The node id of a relay trusted to sign rosters for its subtree (the province
+    /// relay, as a rule); its signed roster reaches this process through sync.
+    #[arg(long, value_name = "NODE_ID")]
+    roster_key: Vec<sync_core::net::EndpointId>,
 }
 
 fn main() -> ExitCode {
@@ -106,9 +133,10 @@ fn main() -> ExitCode {
             http,
             listen,
             upstream,
-            roster,
+            access,
             cache_documents,
-        } => serve(&dir, http, listen, upstream, roster, cache_documents),
+        } => serve(&dir, http, listen, upstream, access, cache_documents),
+        Command::Roster { action } => roster(&dir, action),
     };
     match result {
         Ok(code) => code,
@@ -117,6 +145,49 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn roster(dir: &DataDir, action: RosterAction) -> anyhow::Result<ExitCode> {
+    let (store, key, me) = dir.open(Role::Relay)?;
+    match action {
+        RosterAction::Publish { file } => {
+            let roster = Roster::load(&file)?;
+            let issuer = key.public().to_string();
+            let held = store.rosters()?;
+            let version = held
+                .iter()
+                .find(|(i, _, _)| *i == issuer)
+                .map_or(1, |(_, v, _)| v + 1);
+            let signed = SignedRoster::sign(&key, &me.unit, version, &roster)?;
+            store.put_roster(&issuer, version, &signed.bytes)?;
+            println!(
+                "published roster version {version} of {} ({}): {} members; peers that trust \
+                 {issuer} take it on their next sync",
+                me.unit.name(),
+                me.unit,
+                roster.len(),
+            );
+        }
+        RosterAction::Show => {
+            let held = store.rosters()?;
+            if held.is_empty() {
+                println!("no signed roster held");
+            }
+            for (issuer, version, bytes) in held {
+                let id: sync_core::net::EndpointId = issuer.parse()?;
+                match SignedRoster::verify(&bytes, &[id]) {
+                    Ok(r) => println!(
+                        "{issuer} ({}) version {version}, issued {}: {} members",
+                        r.unit,
+                        r.issued_at,
+                        r.roster.len()
+                    ),
+                    Err(e) => println!("{issuer} version {version}: does not verify ({e})"),
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Clone)]
@@ -130,7 +201,7 @@ fn serve(
     http: SocketAddr,
     listen: SocketAddr,
     upstream: Option<String>,
-    roster: Option<PathBuf>,
+    access: Access,
     cache_documents: usize,
 ) -> anyhow::Result<ExitCode> {
     if !dir.is_initialised() {
@@ -142,8 +213,8 @@ fn serve(
     let _serving = dir.lock_for_serving()?;
     let (mut store, key, me) = dir.open(Role::Relay)?;
     store.set_cache_capacity(cache_documents);
-    let roster = match roster {
-        Some(path) => Roster::load(&path)?,
+    let roster = match &access.roster {
+        Some(path) => Roster::load(path)?,
         None => Roster::default(),
     };
     let dial = match upstream {
@@ -164,6 +235,7 @@ fn serve(
                     me: me.clone(),
                     dial,
                     roster,
+                    roster_keys: access.roster_key,
                 },
             )
             .await?,
@@ -347,12 +419,32 @@ async fn metrics(State(s): State<AppState>) -> Result<Response, Response> {
 async fn status_page(State(s): State<AppState>) -> Result<Html<String>, Response> {
     let status =
         blocking(move || service::status_json(&s.store, &s.net).map_err(|e| e.to_string())).await?;
+    let rosters: Vec<String> = status["rosters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            html_escape(&format!(
+                "{} v{} ({} members, {})",
+                r["unit"].as_str().unwrap_or("?"),
+                r["version"],
+                r["members"],
+                r["issued_at"].as_str().unwrap_or("?"),
+            ))
+        })
+        .collect();
+    let rosters = if rosters.is_empty() {
+        "không có (none)".to_string()
+    } else {
+        rosters.join(" · ")
+    };
     let mut rows = String::new();
     for p in status["peers"].as_array().into_iter().flatten() {
         rows.push_str(&format!(
-            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             html_escape(&p["id"].as_str().unwrap_or("").chars().take(16).collect::<String>()),
             html_escape(p["unit"].as_str().unwrap_or("?")),
+            html_escape(p["tier"].as_str().unwrap_or("?")),
             if p["connected"].as_bool().unwrap_or(false) { "có (yes)" } else { "không (no)" },
             html_escape(p["last_sync"].as_str().unwrap_or("—")),
             p["pending_out"],
@@ -365,7 +457,8 @@ async fn status_page(State(s): State<AppState>) -> Result<Html<String>, Response
          <style>body{{font-family:system-ui,sans-serif;margin:1.5rem}}td,th{{padding:.3rem .7rem;\
          border-bottom:1px solid #ddd;text-align:left}}</style></head><body>\
          <h1>Trạm chuyển tiếp {} ({})</h1><p>Mã nút (node id): <code>{}</code> · \
-         Bản ghi (records): {}</p><table><tr><th>Nút (peer)</th><th>Đơn vị (unit)</th>\
+         Bản ghi (records): {}</p><p>Danh sách thành viên (rosters): {}</p>\
+         <table><tr><th>Nút (peer)</th><th>Đơn vị (unit)</th><th>Cấp (tier)</th>\
          <th>Kết nối (connected)</th><th>Đồng bộ lần cuối (last sync)</th>\
          <th>Chờ gửi (pending out)</th><th>Chờ nhận (pending in)</th></tr>{rows}</table>\
          </body></html>",
@@ -373,6 +466,7 @@ async fn status_page(State(s): State<AppState>) -> Result<Html<String>, Response
         html_escape(status["unit"].as_str().unwrap_or("")),
         html_escape(status["node_id"].as_str().unwrap_or("")),
         status["documents"],
+        rosters,
     )))
 }
 

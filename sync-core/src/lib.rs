@@ -8,7 +8,8 @@
 //! - [`model`]: records (documents, annotations) as automerge documents with typed access.
 //! - [`store`]: durable SQLite storage with sequence numbers, cursors, per-peer sync
 //!   states and a bounded document cache.
-//! - [`policy`]: who may hold, receive and write which record; the roster of peers.
+//! - [`policy`]: who may hold, receive and write which record.
+//! - [`roster`]: which node ids take part, with their unit and role; signed rosters.
 //! - [`protocol`]: the sync protocol as a sans-IO state machine.
 //! - [`net`]: iroh endpoints and the tasks that run protocol sessions over QUIC.
 //! - [`import`]: reading official documents from Markdown or text files.
@@ -28,6 +29,8 @@ pub mod model;
 pub mod net;
 pub mod policy;
 pub mod protocol;
+#[cfg(feature = "net")]
+pub mod roster;
 #[cfg(feature = "net")]
 pub mod service;
 pub mod store;

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use futures::{FutureExt, SinkExt, StreamExt};
 use iroh::endpoint::{Connection, QuicTransportConfig, VarInt, presets};
-use iroh::{Endpoint, EndpointAddr, EndpointId, SecretKey};
+use iroh::{Endpoint, EndpointAddr};
+pub use iroh::{EndpointId, SecretKey};
 use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -25,8 +26,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::model;
-use crate::policy::{Member, Role, Roster};
+use crate::policy::{Member, Role};
 use crate::protocol::{self, Message, ProtocolError, Session, short};
+use crate::roster::{Roster, Trust};
 use crate::store::Store;
 
 /// The store shared by the HTTP API and every sync session.
@@ -106,7 +108,10 @@ pub struct NetConfig {
     /// Peers to dial, with the role the operator gave them (`--peer` is a node,
     /// `--relay`/`--upstream` a relay). Their unit comes from the roster or their Hello.
     pub dial: Vec<(PeerAddr, Role)>,
+    /// The operator's roster file.
     pub roster: Roster,
+    /// Keys trusted to sign rosters (this node's own key is always trusted).
+    pub roster_keys: Vec<EndpointId>,
 }
 
 /// What the status page shows of one peer.
@@ -129,7 +134,11 @@ struct Shared {
     endpoint: Endpoint,
     store: SharedStore,
     me: Member,
-    roster: Roster,
+    /// Who may take part: the roster file and the signed rosters held.
+    trust: Mutex<Trust>,
+    /// Bumped whenever a newer signed roster is taken: sessions pass it on and end
+    /// themselves if their peer is no longer admitted.
+    roster_changed: watch::Sender<u64>,
     /// Peers dialled by configuration, with the role the operator gave them.
     configured: HashMap<String, Role>,
     status: Mutex<HashMap<String, PeerStatus>>,
@@ -187,11 +196,16 @@ impl Net {
                 },
             );
         }
+        let mut anchors = config.roster_keys.clone();
+        anchors.push(endpoint.id());
+        let mut trust = Trust::new(anchors, config.roster);
+        take_stored_rosters(&store, &mut trust);
         let shared = Arc::new(Shared {
             endpoint,
             store,
             me: config.me,
-            roster: config.roster,
+            trust: Mutex::new(trust),
+            roster_changed: watch::channel(0).0,
             configured,
             status: Mutex::new(status),
             stopping: CancellationToken::new(),
@@ -199,6 +213,7 @@ impl Net {
         });
 
         shared.tasks.spawn(accept_loop(shared.clone()));
+        shared.tasks.spawn(roster_loop(shared.clone()));
         for (peer, _) in config.dial {
             shared.tasks.spawn(dial_loop(shared.clone(), peer));
         }
@@ -219,6 +234,11 @@ impl Net {
         let mut peers: Vec<PeerStatus> = lock(&self.shared.status).values().cloned().collect();
         peers.sort_by(|a, b| a.id.cmp(&b.id));
         peers
+    }
+
+    /// The signed rosters held, and the roster file.
+    pub fn trust(&self) -> Trust {
+        lock(&self.shared.trust).clone()
     }
 
     /// Ends every session (each saves its sync states and closes its connection with a
@@ -262,6 +282,68 @@ async fn accept_loop(shared: Arc<Shared>) {
             run_connection(shared, conn, false).await;
         });
     }
+}
+
+/// Takes the newer signed rosters kept in the store (received by another process, or
+/// published there by `cabinet-relay roster publish`); returns whether any was new.
+fn take_stored_rosters(store: &SharedStore, trust: &mut Trust) -> bool {
+    let rosters = match lock(store).rosters() {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot read the stored rosters");
+            return false;
+        }
+    };
+    let mut changed = false;
+    for (issuer, version, bytes) in rosters {
+        match trust.accept(&bytes) {
+            Ok(Some(r)) => {
+                info!(issuer = %r.issuer.fmt_short(), unit = %r.unit, version = r.version,
+                    members = r.roster.len(), "roster taken");
+                changed = true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                debug!(issuer = %short(&issuer), version, error = %e,
+                    "a stored roster is not one this node trusts");
+            }
+        }
+    }
+    changed
+}
+
+/// Watches the store for rosters published beside the running process.
+async fn roster_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(RESCAN_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.stopping.cancelled() => return,
+        }
+        let changed = tokio::task::block_in_place(|| {
+            take_stored_rosters(&shared.store, &mut lock(&shared.trust))
+        });
+        if changed {
+            shared.roster_changed.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// Whether a peer may take part now: `Ok(Some)` with its roster entry, `Ok(None)` for a
+/// peer the operator configured that no roster names (trusted for the unit it
+/// announces), `Err` with the reason it is refused.
+fn admission(shared: &Shared, peer_id: &str) -> Result<Option<Member>, &'static str> {
+    let trust = lock(&shared.trust);
+    if trust.is_revoked(peer_id) {
+        return Err("revoked");
+    }
+    if let Some(member) = trust.member(peer_id) {
+        return Ok(Some(member));
+    }
+    if shared.configured.contains_key(peer_id) {
+        return Ok(None);
+    }
+    Err("not on the roster")
 }
 
 async fn dial_loop(shared: Arc<Shared>, peer: PeerAddr) {
@@ -311,12 +393,14 @@ enum Outcome {
 /// Runs one session on a connection until either side ends it.
 async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) -> Outcome {
     let peer_id = conn.remote_id().to_string();
-    let roster_member = shared.roster.get(&peer_id).cloned();
-    if roster_member.is_none() && !shared.configured.contains_key(&peer_id) {
-        warn!(peer = %short(&peer_id), "refused a connection from a node not on the roster");
-        conn.close(VarInt::from_u32(CLOSE_NOT_ALLOWED), b"not on the roster");
-        return Outcome::Refused;
-    }
+    let roster_member = match admission(&shared, &peer_id) {
+        Ok(member) => member,
+        Err(reason) => {
+            warn!(peer = %short(&peer_id), reason, "refused a connection");
+            conn.close(VarInt::from_u32(CLOSE_NOT_ALLOWED), reason.as_bytes());
+            return Outcome::Refused;
+        }
+    };
     let streams = if dialer {
         tokio::time::timeout(HELLO_TIMEOUT, conn.open_bi()).await
     } else {
@@ -338,6 +422,7 @@ async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) -> 
     set_status(&shared, &peer_id, |s| s.connected = true);
 
     let mut session = Session::new(shared.me.clone(), peer_id.clone(), roster_member);
+    session.set_rosters(lock(&shared.trust).offers());
     let result = drive(&shared, &mut session, send, recv).await;
     let stats = session.stats();
     {
@@ -354,6 +439,11 @@ async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) -> 
                 "peer disconnected");
             conn.close(VarInt::from_u32(CLOSE_DONE), b"bye");
             Outcome::Session
+        }
+        Err(SessionEnd::NotAdmitted(reason)) => {
+            warn!(peer = %short(&peer_id), reason, "ended the session: the peer is no longer admitted");
+            conn.close(VarInt::from_u32(CLOSE_NOT_ALLOWED), reason.as_bytes());
+            Outcome::Refused
         }
         Err(SessionEnd::Protocol(e)) => {
             warn!(peer = %short(&peer_id), error = %e, "ended the session with a faulty peer");
@@ -387,6 +477,8 @@ async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) -> 
 
 enum SessionEnd {
     Protocol(ProtocolError),
+    /// A newer roster revoked the peer or moved it to another unit.
+    NotAdmitted(&'static str),
     Io(String),
 }
 
@@ -406,6 +498,7 @@ async fn drive(
     let mut writer = FramedWrite::new(send, codec());
     let mut changes: watch::Receiver<u64> = lock(&shared.store).subscribe();
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+    let mut rosters = shared.roster_changed.subscribe();
 
     let hello = {
         let store = lock(&shared.store);
@@ -444,7 +537,15 @@ async fn drive(
                 }
                 set_status(shared, session.peer_id(), |s| s.bytes_in += bytes_in);
                 debug!(peer = %short(session.peer_id()), frames = messages.len(), "frames in");
-                handle_batch(shared, session, messages)?
+                let out = handle_batch(shared, session, messages)?;
+                take_rosters(shared, session);
+                out
+            }
+            _ = rosters.changed() => {
+                if let Err(reason) = still_admitted(shared, session) {
+                    return Err(SessionEnd::NotAdmitted(reason));
+                }
+                session.set_rosters(lock(&shared.trust).offers())
             }
             _ = changes.changed() => poll(shared, session)?,
             _ = rescan.tick() => poll(shared, session)?,
@@ -459,6 +560,53 @@ async fn drive(
         let bytes_out = send_bounded(shared, &mut writer, out).await?;
         set_status(shared, session.peer_id(), |s| s.bytes_out += bytes_out);
         update_status(shared, session);
+    }
+}
+
+/// Checks the rosters the peer sent; keeps each newer one that verifies, in the store
+/// and in force, and tells every session.
+fn take_rosters(shared: &Shared, session: &mut Session) {
+    let mut changed = false;
+    for bytes in session.take_received_rosters() {
+        let mut trust = lock(&shared.trust);
+        match trust.accept(&bytes) {
+            Ok(Some(r)) => {
+                info!(peer = %short(session.peer_id()), issuer = %r.issuer.fmt_short(),
+                    unit = %r.unit, version = r.version, members = r.roster.len(),
+                    "newer roster received");
+                let version = protocol::RosterVersion {
+                    issuer: r.issuer.to_string(),
+                    version: r.version,
+                };
+                let stored = tokio::task::block_in_place(|| {
+                    lock(&shared.store).put_roster(&version.issuer, version.version, &bytes)
+                });
+                if let Err(e) = stored {
+                    warn!(error = %e, "could not keep the roster in the store");
+                }
+                session.peer_has_roster(&version);
+                changed = true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Not ours to trust (another province's, say) or damaged: ignored, and
+                // the session goes on.
+                debug!(peer = %short(session.peer_id()), error = %e, "roster not taken");
+            }
+        }
+    }
+    if changed {
+        shared.roster_changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// Whether the peer of a running session is still admitted as what it said it was.
+fn still_admitted(shared: &Shared, session: &Session) -> Result<(), &'static str> {
+    match admission(shared, session.peer_id())? {
+        Some(member) if session.peer().is_some_and(|p| *p != member) => {
+            Err("the roster now lists it for another unit or role")
+        }
+        _ => Ok(()),
     }
 }
 

@@ -7,14 +7,7 @@
 //! or province code in an audience means that authority itself (its relay and its own
 //! nodes), not every commune below it.
 //!
-//! The peers a node or relay talks to are listed in a roster (TOML), mapping node ids to
-//! units and roles; peers given on the command line are trusted for the unit they
-//! announce.
-
-#[cfg(feature = "net")]
-use std::collections::HashMap;
-#[cfg(feature = "net")]
-use std::path::Path;
+//! Which unit and role a peer has comes from the roster (see `roster`).
 
 use serde::{Deserialize, Serialize};
 
@@ -150,91 +143,6 @@ pub fn may_accept(
     Ok(())
 }
 
-#[cfg(feature = "net")]
-#[derive(Debug, thiserror::Error)]
-pub enum RosterError {
-    #[error("cannot read roster {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("roster {path} is not valid: {message}")]
-    Invalid { path: String, message: String },
-}
-
-#[cfg(feature = "net")]
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RosterFile {
-    #[serde(default)]
-    member: Vec<RosterEntry>,
-}
-
-#[cfg(feature = "net")]
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RosterEntry {
-    id: String,
-    unit: String,
-    role: Role,
-}
-
-#[cfg(feature = "net")]
-/// Node ids with their unit and role.
-#[derive(Debug, Clone, Default)]
-pub struct Roster {
-    members: HashMap<String, Member>,
-}
-
-#[cfg(feature = "net")]
-impl Roster {
-    pub fn load(path: &Path) -> Result<Roster, RosterError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RosterError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Roster::parse(&text).map_err(|message| RosterError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
-    }
-
-    pub fn parse(text: &str) -> Result<Roster, String> {
-        let file: RosterFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut members = HashMap::new();
-        for entry in file.member {
-            if entry.id.parse::<iroh::EndpointId>().is_err() {
-                return Err(format!("{:?} is not a node id", entry.id));
-            }
-            let unit = UnitCode::parse(&entry.unit).map_err(|e| e.to_string())?;
-            let id = entry.id.to_lowercase();
-            if members.contains_key(&id) {
-                return Err(format!("node {id} is listed twice"));
-            }
-            members.insert(
-                id,
-                Member {
-                    unit,
-                    role: entry.role,
-                },
-            );
-        }
-        Ok(Roster { members })
-    }
-
-    pub fn get(&self, id: &str) -> Option<&Member> {
-        self.members.get(id)
-    }
-
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,17 +249,5 @@ mod tests {
             may_accept(&member("18409", Role::Node), &a, Some(&h), &widened),
             Ok(())
         );
-    }
-
-    #[cfg(feature = "net")]
-    #[test]
-    fn rosters_reject_unknown_units_and_bad_ids() {
-        let id = iroh::SecretKey::generate().public().to_string();
-        let ok = format!("[[member]]\nid = \"{id}\"\nunit = \"18562\"\nrole = \"node\"\n");
-        let r = Roster::parse(&ok).unwrap();
-        assert_eq!(r.get(&id).unwrap().role, Role::Node);
-        assert!(Roster::parse(&ok.replace("18562", "99999")).is_err());
-        assert!(Roster::parse(&ok.replace(&id, "nope")).is_err());
-        assert!(Roster::parse(&ok.replace("node", "king")).is_err());
     }
 }

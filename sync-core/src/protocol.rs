@@ -34,10 +34,10 @@ use crate::store::{Store, StoreError};
 use crate::units::UnitCode;
 
 /// The ALPN that identifies Cabinet's sync protocol on an iroh connection.
-pub const ALPN: &[u8] = b"cabinet/sync/1";
+pub const ALPN: &[u8] = b"cabinet/sync/2";
 
 /// Version carried in Hello; a peer with another version is refused with a message.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest frame either side sends or accepts.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -53,11 +53,31 @@ const SYNC_STATES_IN_MEMORY: usize = 8192;
 /// How many records one scan of the store reads at a time.
 const SCAN_BATCH: usize = 512;
 
+/// Signed rosters a peer may hand us in one session; more is a fault.
+const MAX_ROSTERS_PER_SESSION: usize = 64;
+
 /// What the cursor a peer holds for our store looks like on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
     pub epoch: String,
     pub seq: u64,
+}
+
+/// Which version of an issuer's signed roster a side holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterVersion {
+    /// The issuer's node id.
+    pub issuer: String,
+    pub version: u64,
+}
+
+/// A signed roster this side holds, as a session offers it to peers below its issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterOffer {
+    pub version: RosterVersion,
+    /// The issuer's unit: the roster goes to peers whose unit lies in its subtree.
+    pub unit: UnitCode,
+    pub signed: Vec<u8>,
 }
 
 /// One protocol message; each travels in one length-prefixed frame, encoded with
@@ -71,6 +91,8 @@ pub enum Message {
         role: Role,
         /// The cursor the sender holds for the receiver's store, if any.
         cursor: Option<Cursor>,
+        /// The signed rosters the sender holds.
+        rosters: Vec<RosterVersion>,
     },
     /// An automerge sync message for one record.
     Sync {
@@ -87,9 +109,14 @@ pub enum Message {
         pending: u64,
     },
     /// The sender did not keep the changes it was sent for this record (the policy
-    /// refused them): the receiver must not count the record as delivered. Last, so the
-    /// encoding of the messages before it is what it always was.
+    /// refused them): the receiver must not count the record as delivered.
     Refused { record: String },
+    /// A signed roster newer than the one the receiver announced (see `roster`); the
+    /// receiver's driver checks it against the keys it trusts.
+    Roster {
+        #[serde(with = "serde_bytes")]
+        signed: Vec<u8>,
+    },
 }
 
 impl Message {
@@ -133,6 +160,8 @@ pub enum ProtocolError {
     WrongEpoch(String, String),
     #[error("bad record id in a sync message")]
     BadRecordId,
+    #[error("more than {MAX_ROSTERS_PER_SESSION} rosters in one session")]
+    TooManyRosters,
     #[error("undecodable automerge sync message for {record}: {reason}")]
     BadSyncMessage { record: DocId, reason: String },
     #[error(transparent)]
@@ -169,6 +198,12 @@ pub struct Session {
     pending_in: u64,
     window: usize,
     stats: SessionStats,
+    /// The signed rosters we hold, and the versions the peer said it holds.
+    rosters: Vec<RosterOffer>,
+    peer_rosters: HashMap<String, u64>,
+    /// Signed rosters the peer sent, for the driver to check.
+    received_rosters: Vec<Vec<u8>>,
+    rosters_received: usize,
 }
 
 impl Session {
@@ -189,7 +224,50 @@ impl Session {
             pending_in: 0,
             window: DEFAULT_WINDOW,
             stats: SessionStats::default(),
+            rosters: Vec::new(),
+            peer_rosters: HashMap::new(),
+            received_rosters: Vec::new(),
+            rosters_received: 0,
         }
+    }
+
+    /// The signed rosters we hold. Once the peer has said Hello, returns those it lacks
+    /// (its unit below their issuer, its version older), for sending at once.
+    pub fn set_rosters(&mut self, rosters: Vec<RosterOffer>) -> Vec<Message> {
+        self.rosters = rosters;
+        let out = self.rosters_for_peer();
+        self.stats.messages_out += out.len() as u64;
+        out
+    }
+
+    /// The peer holds this version of an issuer's roster (it sent it to us).
+    pub fn peer_has_roster(&mut self, version: &RosterVersion) {
+        let held = self.peer_rosters.entry(version.issuer.clone()).or_default();
+        *held = (*held).max(version.version);
+    }
+
+    /// Signed rosters the peer sent since the last call, unchecked.
+    pub fn take_received_rosters(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.received_rosters)
+    }
+
+    fn rosters_for_peer(&mut self) -> Vec<Message> {
+        let Some(peer) = self.peer.clone().filter(|_| self.hello_received) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for offer in &self.rosters {
+            let below = peer.unit.path_to_root().contains(&offer.unit);
+            let held = self.peer_rosters.get(&offer.version.issuer).copied();
+            if below && held.is_none_or(|v| v < offer.version.version) {
+                out.push(Message::Roster {
+                    signed: offer.signed.clone(),
+                });
+                self.peer_rosters
+                    .insert(offer.version.issuer.clone(), offer.version.version);
+            }
+        }
+        out
     }
 
     pub fn set_window(&mut self, window: usize) {
@@ -243,6 +321,7 @@ impl Session {
             unit: self.me.unit.to_string(),
             role: self.me.role,
             cursor,
+            rosters: self.rosters.iter().map(|r| r.version.clone()).collect(),
         }])
     }
 
@@ -262,7 +341,24 @@ impl Session {
                 unit,
                 role,
                 cursor,
-            } => self.on_hello(store, version, epoch, unit, role, cursor)?,
+                rosters,
+            } => {
+                self.on_hello(store, version, epoch, unit, role, cursor)?;
+                for r in &rosters {
+                    self.peer_has_roster(r);
+                }
+                out.extend(self.rosters_for_peer());
+            }
+            Message::Roster { signed } => {
+                if !self.hello_received {
+                    return Err(ProtocolError::NoHello);
+                }
+                self.rosters_received += 1;
+                if self.rosters_received > MAX_ROSTERS_PER_SESSION {
+                    return Err(ProtocolError::TooManyRosters);
+                }
+                self.received_rosters.push(signed);
+            }
             Message::Sync { record, data } => {
                 if !self.hello_received {
                     return Err(ProtocolError::NoHello);

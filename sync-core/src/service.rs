@@ -218,9 +218,15 @@ pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
         .into_iter()
         .map(|p| {
             let stored = records.iter().find(|(id, _)| *id == p.id).map(|(_, r)| r);
+            let tier = p
+                .unit
+                .as_deref()
+                .and_then(|u| UnitCode::parse(u).ok())
+                .map(|u| level_name(u.level()));
             json!({
                 "id": p.id,
                 "unit": p.unit,
+                "tier": tier,
                 "role": p.role,
                 "connected": p.connected,
                 "last_sync": p.last_sync.or_else(|| stored.and_then(|r| r.last_sync.clone())),
@@ -231,12 +237,26 @@ pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
             })
         })
         .collect();
+    let rosters: Vec<Json> = net
+        .trust()
+        .signed()
+        .map(|r| {
+            json!({
+                "issuer": r.issuer.to_string(),
+                "unit": r.unit.to_string(),
+                "version": r.version,
+                "issued_at": r.issued_at,
+                "members": r.roster.len(),
+            })
+        })
+        .collect();
     Ok(json!({
         "node_id": net.id().to_string(),
         "unit": unit,
         "name": name,
         "documents": documents,
         "peers": peers,
+        "rosters": rosters,
     }))
 }
 

@@ -153,6 +153,11 @@ CREATE TABLE IF NOT EXISTS sync_states (
     state BLOB NOT NULL,
     PRIMARY KEY (peer, record)
 );
+CREATE TABLE IF NOT EXISTS rosters (
+    issuer TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    signed BLOB NOT NULL
+);
 CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
     record UNINDEXED, text, tokenize = 'unicode61 remove_diacritics 2'
 );
@@ -784,6 +789,35 @@ impl Store {
             params![peer, seq as i64, model::now_vietnam()],
         )?;
         Ok(())
+    }
+
+    /// The signed rosters this store keeps, one per issuer: `(issuer, version, signed)`.
+    /// The store keeps them as given; `roster` checks them.
+    pub fn rosters(&self) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT issuer, version, signed FROM rosters ORDER BY issuer")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keeps `signed` as the issuer's roster if it is newer than the one kept; returns
+    /// whether it was.
+    pub fn put_roster(
+        &self,
+        issuer: &str,
+        version: u64,
+        signed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let changed = self.conn.execute(
+            "INSERT INTO rosters (issuer, version, signed) VALUES (?1, ?2, ?3)
+             ON CONFLICT(issuer) DO UPDATE SET version = excluded.version, signed = excluded.signed
+             WHERE excluded.version > rosters.version",
+            params![issuer, version as i64, signed],
+        )?;
+        Ok(changed > 0)
     }
 
     /// The persisted part of the automerge sync state with `peer` for one record.

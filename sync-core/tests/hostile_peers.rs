@@ -8,8 +8,9 @@ use iroh::endpoint::{ConnectionError, presets};
 use iroh::{Endpoint, EndpointAddr, SecretKey};
 use sync_core::model::{self, DocId, DocumentPatch, Header, Kind};
 use sync_core::net::{Net, NetConfig, PeerAddr, SharedStore};
-use sync_core::policy::{Member, Role, Roster};
+use sync_core::policy::{Member, Role};
 use sync_core::protocol::{ALPN, Message, PROTOCOL_VERSION};
+use sync_core::roster::Roster;
 use sync_core::service;
 use sync_core::store::Store;
 use sync_core::units::UnitCode;
@@ -104,6 +105,7 @@ async fn hostile_peers_end_only_their_own_sessions() {
             me: member("18562"),
             dial: vec![],
             roster: roster_a,
+            roster_keys: vec![],
         },
     )
     .await
@@ -123,6 +125,7 @@ async fn hostile_peers_end_only_their_own_sessions() {
                 Role::Node,
             )],
             roster: Roster::default(),
+            roster_keys: Vec::new(),
         },
     )
     .await
@@ -162,6 +165,7 @@ async fn hostile_peers_end_only_their_own_sessions() {
             unit: "18583".into(),
             role: Role::Node,
             cursor: None,
+            rosters: vec![],
         }
         .encode();
         send.write_all(&(hello.len() as u32).to_be_bytes())

@@ -688,6 +688,7 @@ fn describe(m: &Message) -> String {
         Message::Hello { cursor, .. } => format!("Hello (cursor {cursor:?})"),
         Message::Sync { record, data } => format!("Sync {record} ({} bytes)", data.len()),
         Message::Refused { record } => format!("Refused {record}"),
+        Message::Roster { signed } => format!("Roster ({} bytes)", signed.len()),
         Message::Progress { seq, .. } => format!("Progress {seq}"),
     }
 }

@@ -273,6 +273,7 @@ fn garbage_ends_the_session_without_touching_the_store() {
         unit: B.into(),
         role: Role::Node,
         cursor: None,
+        rosters: vec![],
     };
     a.store
         .batch(|s| a.session.handle(s, hello.clone()))
