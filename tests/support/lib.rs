@@ -329,6 +329,25 @@ impl Process {
         }
     }
 
+    /// The id of every record in the process's store file, read from disk (a running
+    /// process's committed writes included).
+    pub fn stored_ids(&self) -> std::collections::BTreeSet<String> {
+        let db = self.data.join("store.db");
+        if !db.exists() {
+            return Default::default();
+        }
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("store opens read-only");
+        conn.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        let mut stmt = conn.prepare("SELECT id FROM records").expect("query");
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("ids")
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
