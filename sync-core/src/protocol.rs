@@ -117,6 +117,9 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         signed: Vec<u8>,
     },
+    /// Catalog reconciliation, when the sender holds no valid cursor for the receiver's
+    /// store (see [`catalog`]).
+    Catalog { ranges: Vec<catalog::CatalogRange> },
 }
 
 impl Message {
@@ -162,6 +165,8 @@ pub enum ProtocolError {
     BadRecordId,
     #[error("more than {MAX_ROSTERS_PER_SESSION} rosters in one session")]
     TooManyRosters,
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
     #[error("undecodable automerge sync message for {record}: {reason}")]
     BadSyncMessage { record: DocId, reason: String },
     #[error(transparent)]
@@ -204,6 +209,12 @@ pub struct Session {
     /// Signed rosters the peer sent, for the driver to check.
     received_rosters: Vec<Vec<u8>>,
     rosters_received: usize,
+    /// Our records the peer may see, reconciled with the peer's when either side lacks a
+    /// cursor for the other's store.
+    catalog: Option<catalog::Catalog>,
+    /// Our scan waits until our catalog questions are answered, then skips what the
+    /// peer holds alike.
+    scan_waits_for_catalog: bool,
 }
 
 impl Session {
@@ -228,6 +239,8 @@ impl Session {
             peer_rosters: HashMap::new(),
             received_rosters: Vec::new(),
             rosters_received: 0,
+            catalog: None,
+            scan_waits_for_catalog: false,
         }
     }
 
@@ -304,7 +317,13 @@ impl Session {
 
     /// Has the initial catch-up in both directions finished (nothing in flight)?
     pub fn is_idle(&self) -> bool {
-        self.hello_received && self.pending.is_empty() && self.pending_in == 0
+        self.hello_received
+            && self.pending.is_empty()
+            && self.pending_in == 0
+            && self
+                .catalog
+                .as_ref()
+                .is_none_or(catalog::Catalog::is_settled)
     }
 
     /// The first message: Hello with the cursor we hold for the peer's store.
@@ -348,6 +367,25 @@ impl Session {
                     self.peer_has_roster(r);
                 }
                 out.extend(self.rosters_for_peer());
+                if self.scanned == 0 && store.max_seq()? > 0 {
+                    // The peer holds no cursor for us: rather than offer every record,
+                    // find those it already holds alike.
+                    let catalog = self.catalog(store)?;
+                    if !catalog.is_empty() {
+                        let ranges = catalog.start();
+                        self.scan_waits_for_catalog = true;
+                        out.push(Message::Catalog { ranges });
+                    }
+                }
+            }
+            Message::Catalog { ranges } => {
+                if !self.hello_received {
+                    return Err(ProtocolError::NoHello);
+                }
+                let answers = self.catalog(store)?.handle(ranges)?;
+                if !answers.is_empty() {
+                    out.push(Message::Catalog { ranges: answers });
+                }
             }
             Message::Roster { signed } => {
                 if !self.hello_received {
@@ -459,6 +497,23 @@ impl Session {
         Ok(())
     }
 
+    /// Our catalog for this peer, taken from the store the first time it is needed.
+    fn catalog(&mut self, store: &Store) -> Result<&mut catalog::Catalog, ProtocolError> {
+        if self.catalog.is_none() {
+            let peer = self.peer_member()?.clone();
+            let mut records = Vec::new();
+            for (meta, heads) in store.catalog()? {
+                if visible_to(store, &peer, &meta.header, meta.target.as_ref())? {
+                    records.push((meta.id, catalog::heads_hash(&heads), meta.seq));
+                }
+            }
+            tracing::debug!(peer = %short(&self.peer_id), records = records.len(),
+                "catalog taken for reconciliation");
+            self.catalog = Some(catalog::Catalog::new(records));
+        }
+        Ok(self.catalog.as_mut().expect("just taken"))
+    }
+
     fn peer_member(&self) -> Result<&Member, ProtocolError> {
         self.peer.as_ref().ok_or(ProtocolError::NoHello)
     }
@@ -482,6 +537,20 @@ impl Session {
         if !self.hello_received {
             return Ok(());
         }
+        if self.scan_waits_for_catalog {
+            if !self
+                .catalog
+                .as_ref()
+                .is_none_or(catalog::Catalog::is_settled)
+            {
+                return Ok(());
+            }
+            self.scan_waits_for_catalog = false;
+            if let Some(c) = &self.catalog {
+                tracing::debug!(peer = %short(&self.peer_id), records = c.len(),
+                    alike = c.alike_count(), "catalog reconciled");
+            }
+        }
         let peer = self.peer_member()?.clone();
         while self.pending.len() < self.window {
             let batch = store.changed_since(self.scanned, SCAN_BATCH)?;
@@ -492,6 +561,15 @@ impl Session {
                 self.scanned = meta.seq;
                 if !visible_to(store, &peer, &meta.header, meta.target.as_ref())? {
                     // Possibly in flight from before an audience change: no longer owed.
+                    self.delivered(&meta.id);
+                    continue;
+                }
+                if self
+                    .catalog
+                    .as_ref()
+                    .is_some_and(|c| c.is_alike(&meta.id, meta.seq))
+                {
+                    // The peer holds it as we do: nothing to offer.
                     self.delivered(&meta.id);
                     continue;
                 }
@@ -826,5 +904,6 @@ pub fn short(id: &str) -> &str {
     id.get(..10).unwrap_or(id)
 }
 
+pub mod catalog;
 #[cfg(test)]
 mod tests;

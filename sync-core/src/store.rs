@@ -651,6 +651,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Every record in id order, with what the policy needs and its heads (as the JSON
+    /// array kept with it): the catalog that two stores reconcile.
+    pub fn catalog(&self) -> Result<Vec<(RecordMeta, String)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, seq, kind, unit, audience, confidential, deleted, target,
+                    coalesce(json_extract(json, '$.heads'), '') FROM records ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((meta_row(r)?, r.get::<_, String>(8)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (meta, heads) = row?;
+            out.push((meta.into_meta()?, heads));
+        }
+        Ok(out)
+    }
+
     /// What the policy needs of one record, from its columns, without loading it.
     pub fn meta(&self, id: &DocId) -> Result<Option<RecordMeta>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
