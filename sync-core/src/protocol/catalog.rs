@@ -124,7 +124,7 @@ impl Catalog {
                 seq,
             })
             .collect();
-        items.sort_by(|a, b| a.key.cmp(&b.key));
+        items.sort_by_key(|i| i.key);
         Catalog {
             items,
             alike: HashMap::new(),
