@@ -194,6 +194,7 @@ impl Store {
     pub fn in_memory(unit: &str) -> Result<Store, StoreError> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
+        migrate_search_index(&conn)?;
         let epoch = hex::encode(determinism::random_bytes::<16>());
         for (k, v) in [("epoch", epoch.as_str()), ("unit", unit), ("name", unit)] {
             conn.execute(
@@ -209,6 +210,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        migrate_search_index(conn)?;
         Ok(())
     }
 
@@ -603,23 +605,12 @@ impl Store {
     }
 
     fn index_for_search(&self, id: &DocId, json: &Json) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM search WHERE record = ?1", [id.as_str()])?;
-        if json["kind"] != "document" {
-            return Ok(());
-        }
-        let mut text = String::new();
-        for key in ["number", "notation", "type", "subject", "issuer", "body"] {
-            if let Some(s) = json[key].as_str() {
-                text.push_str(s);
-                text.push('\n');
-            }
-        }
-        self.conn.execute(
-            "INSERT INTO search (record, text) VALUES (?1, ?2)",
-            params![id.as_str(), fold_for_search(&text)],
+        let rowid: i64 = self.conn.query_row(
+            "SELECT rowid FROM records WHERE id = ?1",
+            [id.as_str()],
+            |r| r.get(0),
         )?;
-        Ok(())
+        index_for_search(&self.conn, rowid, id, json)
     }
 
     /// Gives every annotation of `target` a new seq. Whether a peer may see a note depends
@@ -874,6 +865,68 @@ impl Store {
     }
 }
 
+/// Indexes a record's searchable text under the record's own rowid: the index's `record`
+/// column is not indexed, so a lookup by it would scan the whole index.
+fn index_for_search(
+    conn: &Connection,
+    rowid: i64,
+    id: &DocId,
+    json: &Json,
+) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM search WHERE rowid = ?1", [rowid])?;
+    if json["kind"] != "document" {
+        return Ok(());
+    }
+    let mut text = String::new();
+    for key in ["number", "notation", "type", "subject", "issuer", "body"] {
+        if let Some(s) = json[key].as_str() {
+            text.push_str(s);
+            text.push('\n');
+        }
+    }
+    conn.execute(
+        "INSERT INTO search (rowid, record, text) VALUES (?1, ?2, ?3)",
+        params![rowid, id.as_str(), fold_for_search(&text)],
+    )?;
+    Ok(())
+}
+
+/// Stores whose search index was keyed otherwise get it rebuilt once, keyed by rowid.
+fn migrate_search_index(conn: &Connection) -> Result<(), StoreError> {
+    const KEY: &str = "search_index";
+    const VERSION: &str = "rowid";
+    let current: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [KEY], |r| r.get(0))
+        .optional()?;
+    if current.as_deref() == Some(VERSION) {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute("DELETE FROM search", [])?;
+    {
+        let mut stmt = tx.prepare("SELECT rowid, id, json FROM records")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (rowid, id, json) = row?;
+            let json: Json = serde_json::from_str(&json).unwrap_or(Json::Null);
+            index_for_search(&tx, rowid, &DocId::parse(&id)?, &json)?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![KEY, VERSION],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// The columns of `records` that make a [`RecordMeta`], as read.
 struct MetaRow {
     id: String,
@@ -1074,6 +1127,39 @@ mod tests {
         assert!(r.is_err());
         assert!(!s.contains(&a).unwrap());
         assert!(s.get(&a).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_edited_document_is_found_by_its_new_words_only_and_old_indexes_are_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut s = Store::create(&path, "18562", "A").unwrap();
+        let a = DocId::new();
+        s.put(&a, new_doc("đê điều"), &[]).unwrap();
+        s.modify(&a, |d| model::splice_body(d, 0, 0, "hồ chứa "))
+            .unwrap();
+        let hits = |s: &Store, q: &str| {
+            s.list(Some(Kind::Document), Some(q), None, 10, false)
+                .unwrap()
+                .len()
+        };
+        assert_eq!(hits(&s, "ho chua"), 1);
+        assert_eq!(hits(&s, "de dieu"), 1);
+        // A store whose index rows were keyed otherwise: rebuilt once on opening.
+        s.conn
+            .execute_batch(
+                "DELETE FROM meta WHERE key = 'search_index';
+                 INSERT INTO search (rowid, record, text) VALUES (999, 'stale', 'ho chua');",
+            )
+            .unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(hits(&s, "ho chua"), 1);
+        let rows: i64 = s
+            .conn
+            .query_row("SELECT COUNT(*) FROM search", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
     }
 
     #[test]
