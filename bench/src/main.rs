@@ -5,6 +5,13 @@
 //! node B over real iroh connections on loopback; it reports the time until B holds the
 //! final text and the bytes of protocol frames that crossed. For comparison it does the
 //! same with bare automerge in one process: apply, then sync two in-memory documents.
+//!
+//! `cabinet-bench reconnect` fills node A with 10,000 documents of about 5 KB (bodies
+//! cut from the real documents in `data/documents`) shared with node B, and measures
+//! over real iroh connections: the cold sync to an empty B; a reconnect after 10 of them
+//! changed on A while B was away; B wiped (same key, empty store) and reconnecting; and
+//! B re-created with the same records under a new epoch (a restore onto a new store),
+//! which has no valid cursor and reconciles catalogs instead.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -47,6 +54,27 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Cold sync, reconnect after a few changes, wiped peer, re-created peer.
+    Reconnect {
+        #[arg(long, default_value_t = 10_000)]
+        documents: usize,
+        /// Documents changed on A while B is away.
+        #[arg(long, default_value_t = 10)]
+        changed: usize,
+        /// Bytes of body per document.
+        #[arg(long, default_value_t = 5_000)]
+        body_bytes: usize,
+        /// The real documents the bodies are cut from.
+        #[arg(long, default_value_os_t = default_documents())]
+        corpus: PathBuf,
+        /// Runs; the median of each figure is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+fn default_documents() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/documents")
 }
 
 fn default_trace() -> PathBuf {
@@ -258,6 +286,252 @@ async fn cabinet(trace: &Trace, batch: usize) -> anyhow::Result<CabinetRun> {
     })
 }
 
+/// Bodies of about `bytes` bytes each, cut from the corpus in turn.
+fn bodies(corpus: &PathBuf, bytes: usize) -> anyhow::Result<Vec<String>> {
+    let mut texts = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(corpus)
+        .with_context(|| format!("cannot read {}", corpus.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.path());
+    for e in entries {
+        let text = std::fs::read_to_string(e.path())?;
+        let mut start = 0;
+        while start < text.len() {
+            let mut end = (start + bytes).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            texts.push(text[start..end].to_string());
+            start = end;
+        }
+    }
+    if texts.is_empty() {
+        bail!("{} holds no documents", corpus.display());
+    }
+    Ok(texts)
+}
+
+struct Peer {
+    key: iroh::SecretKey,
+    store: SharedStore,
+    unit: &'static str,
+}
+
+async fn start_net(peer: &Peer, dial: Option<PeerAddr>, roster: &Roster) -> anyhow::Result<Net> {
+    Ok(Net::start(
+        peer.key.clone(),
+        peer.store.clone(),
+        NetConfig {
+            listen: "127.0.0.1:0".parse()?,
+            me: member(peer.unit),
+            dial: dial.into_iter().map(|d| (d, Role::Node)).collect(),
+            roster: roster.clone(),
+            roster_keys: vec![],
+        },
+    )
+    .await?)
+}
+
+fn frame_bytes(net: &Net, peer: &Net) -> u64 {
+    net.status()
+        .into_iter()
+        .find(|p| p.id == peer.id().to_string())
+        .map_or(0, |p| p.bytes_in + p.bytes_out)
+}
+
+/// Connects B to A and waits until `done` holds on B's store; returns the time and the
+/// frame bytes that crossed.
+async fn sync_until(
+    a: &Net,
+    b: &Peer,
+    roster: &Roster,
+    done: impl Fn(&mut Store) -> anyhow::Result<bool>,
+) -> anyhow::Result<(Duration, u64)> {
+    let addr = PeerAddr {
+        id: a.id(),
+        addr: a.bound_sockets()[0],
+    };
+    let started = Instant::now();
+    let net_b = start_net(b, Some(addr), roster).await?;
+    let deadline = started + Duration::from_secs(900);
+    loop {
+        if done(&mut service::lock(&b.store))? {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("B never caught up");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    // Let the last acknowledgements cross before counting and closing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bytes = frame_bytes(&net_b, a);
+    net_b.shutdown().await;
+    Ok((elapsed, bytes))
+}
+
+struct ReconnectRun {
+    cold: (Duration, u64),
+    reconnect: (Duration, u64),
+    wiped: (Duration, u64),
+    recreated: (Duration, u64),
+    content_bytes: u64,
+}
+
+async fn reconnect(
+    documents: usize,
+    changed: usize,
+    bodies: &[String],
+) -> anyhow::Result<ReconnectRun> {
+    let dir = tempfile::tempdir()?;
+    let a = Peer {
+        key: iroh::SecretKey::generate(),
+        store: service::share(Store::create(&dir.path().join("a.db"), "18562", "A")?),
+        unit: "18562",
+    };
+    let mut b = Peer {
+        key: iroh::SecretKey::generate(),
+        store: service::share(Store::create(&dir.path().join("b.db"), "18568", "B")?),
+        unit: "18568",
+    };
+    let roster = Roster::parse(&format!(
+        "[[member]]\nid = \"{}\"\nunit = \"18562\"\nrole = \"node\"\n\
+         [[member]]\nid = \"{}\"\nunit = \"18568\"\nrole = \"node\"\n",
+        a.key.public(),
+        b.key.public()
+    ))
+    .map_err(anyhow::Error::msg)?;
+    let header = Header {
+        kind: Kind::Document,
+        unit: "18562".into(),
+        audience: vec!["18562".into(), "18568".into()],
+        created_by: "bench".into(),
+        created_at: model::now_vietnam(),
+        confidential: false,
+    };
+    let mut ids = Vec::with_capacity(documents);
+    let mut content_bytes = 0u64;
+    {
+        let mut store = service::lock(&a.store);
+        for chunk in (0..documents).collect::<Vec<_>>().chunks(500) {
+            store.batch(|s| {
+                for &i in chunk {
+                    let body = &bodies[i % bodies.len()];
+                    let doc = model::create_document(
+                        &header,
+                        &DocumentPatch {
+                            subject: Some(format!("Văn bản số {i}")),
+                            body: Some(body.clone()),
+                            ..Default::default()
+                        },
+                    )?;
+                    content_bytes += doc.save().len() as u64;
+                    let id = DocId::new();
+                    s.put(&id, doc, &[])?;
+                    ids.push(id);
+                }
+                Ok::<_, anyhow::Error>(())
+            })?;
+        }
+    }
+    let net_a = start_net(&a, None, &roster).await?;
+    let count = move |n: usize| move |s: &mut Store| Ok(s.count()? as usize >= n);
+
+    let cold = sync_until(&net_a, &b, &roster, count(documents)).await?;
+
+    // B is away while A changes a few documents.
+    let touched: Vec<DocId> = ids
+        .iter()
+        .step_by(documents / changed.max(1))
+        .take(changed)
+        .cloned()
+        .collect();
+    for (n, id) in touched.iter().enumerate() {
+        service::lock(&a.store).modify(id, |d| {
+            model::update_document(
+                d,
+                &DocumentPatch {
+                    subject: Some(format!("Văn bản đã sửa {n}")),
+                    ..Default::default()
+                },
+            )
+        })?;
+    }
+    let heads_of =
+        |store: &SharedStore, id: &DocId| -> anyhow::Result<Vec<automerge::ChangeHash>> {
+            Ok(service::lock(store)
+                .get(id)?
+                .map(|d| d.get_heads())
+                .unwrap_or_default())
+        };
+    let wanted: Vec<_> = touched
+        .iter()
+        .map(|id| Ok((id.clone(), heads_of(&a.store, id)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let caught_up = |wanted: Vec<(DocId, Vec<automerge::ChangeHash>)>| {
+        move |s: &mut Store| -> anyhow::Result<bool> {
+            for (id, heads) in &wanted {
+                match s.get(id)? {
+                    Some(d) if d.get_heads() == *heads => {}
+                    _ => return Ok(false),
+                }
+            }
+            Ok(true)
+        }
+    };
+    let reconnect = sync_until(&net_a, &b, &roster, caught_up(wanted.clone())).await?;
+
+    // B's disk is replaced: same key, an empty store.
+    b.store = service::share(Store::create(&dir.path().join("b-wiped.db"), "18568", "B")?);
+    let wiped = sync_until(&net_a, &b, &roster, count(documents)).await?;
+
+    // B is restored onto a new store (a new epoch) holding the same records, while A
+    // changes a few more: B has no valid cursor, and the catalogs are reconciled.
+    let recreated = Store::create(&dir.path().join("b-recreated.db"), "18568", "B")?;
+    let recreated = service::share(recreated);
+    {
+        let mut from = service::lock(&b.store);
+        let mut to = service::lock(&recreated);
+        let all: Vec<DocId> = ids.clone();
+        for chunk in all.chunks(500) {
+            to.batch(|t| {
+                for id in chunk {
+                    if let Some(doc) = from.get(id)? {
+                        t.put(id, doc.clone(), &[])?;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            })?;
+        }
+    }
+    b.store = recreated;
+    for (n, id) in touched.iter().enumerate() {
+        service::lock(&a.store).modify(id, |d| {
+            model::update_document(
+                d,
+                &DocumentPatch {
+                    subject: Some(format!("Văn bản sửa lần hai {n}")),
+                    ..Default::default()
+                },
+            )
+        })?;
+    }
+    let wanted: Vec<_> = touched
+        .iter()
+        .map(|id| Ok((id.clone(), heads_of(&a.store, id)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let recreated = sync_until(&net_a, &b, &roster, caught_up(wanted)).await?;
+    net_a.shutdown().await;
+    Ok(ReconnectRun {
+        cold,
+        reconnect,
+        wiped,
+        recreated,
+        content_bytes,
+    })
+}
+
 fn put(store: &SharedStore, id: &DocId, doc: Automerge) -> anyhow::Result<()> {
     service::lock(store).put(id, doc, &[])?;
     Ok(())
@@ -271,6 +545,57 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Reconnect {
+            documents,
+            changed,
+            body_bytes,
+            corpus,
+            runs,
+        } => {
+            let bodies = bodies(&corpus, body_bytes)?;
+            println!(
+                "reconnect: {documents} documents of about {body_bytes} bytes of body, \
+                 {changed} changed while away, {runs} runs, A→B over iroh loopback"
+            );
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let mut all = Vec::new();
+            for _ in 0..runs {
+                all.push(runtime.block_on(reconnect(documents, changed, &bodies))?);
+            }
+            let report =
+                |name: &str, full: bool, pick: &dyn Fn(&ReconnectRun) -> (Duration, u64)| {
+                    let time = median(all.iter().map(|r| pick(r).0).collect());
+                    let mut bytes: Vec<u64> = all.iter().map(|r| pick(r).1).collect();
+                    bytes.sort();
+                    let bytes = bytes[bytes.len() / 2];
+                    let rate = if full {
+                        format!("{:>8.0} docs/s", documents as f64 / time.as_secs_f64())
+                    } else {
+                        String::new()
+                    };
+                    println!("{name:<44} {time:>9.3?} {bytes:>12} frame bytes {rate}");
+                    (time, bytes)
+                };
+            let content = all[0].content_bytes;
+            println!("stored content (automerge save of every document): {content} bytes");
+            let (_, cold_bytes) = report("cold sync to an empty node", true, &|r| r.cold);
+            report(&format!("reconnect after {changed} changed"), false, &|r| {
+                r.reconnect
+            });
+            report("wiped peer (same key, empty store)", true, &|r| r.wiped);
+            report(
+                &format!("re-created peer (new epoch), {changed} changed"),
+                false,
+                &|r| r.recreated,
+            );
+            println!(
+                "cold sync wire / content: {:.2}×; one document's worth on average: {} bytes",
+                cold_bytes as f64 / content as f64,
+                cold_bytes / documents.max(1) as u64
+            );
+        }
         Command::Trace { file, batch, runs } => {
             let trace = load_trace(&file)?;
             println!(
