@@ -199,6 +199,7 @@ async fn cabinet(trace: &Trace, batch: usize) -> anyhow::Result<CabinetRun> {
             dial: vec![],
             roster: roster.clone(),
             roster_keys: vec![],
+            mdns: false,
         },
     )
     .await?;
@@ -218,6 +219,7 @@ async fn cabinet(trace: &Trace, batch: usize) -> anyhow::Result<CabinetRun> {
             )],
             roster,
             roster_keys: vec![],
+            mdns: false,
         },
     )
     .await?;
@@ -327,6 +329,7 @@ async fn start_net(peer: &Peer, dial: Option<PeerAddr>, roster: &Roster) -> anyh
             dial: dial.into_iter().map(|d| (d, Role::Node)).collect(),
             roster: roster.clone(),
             roster_keys: vec![],
+            mdns: false,
         },
     )
     .await?)

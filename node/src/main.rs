@@ -95,6 +95,10 @@ struct Access {
     /// relay, as a rule); its signed roster reaches this process through sync.
     #[arg(long, value_name = "NODE_ID")]
     roster_key: Vec<sync_core::net::EndpointId>,
+    /// Do not announce this node on the LAN nor look for peers there (mDNS). Peers the
+    /// roster admits are found and synced with directly when mDNS is on.
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 fn main() -> ExitCode {
@@ -196,6 +200,7 @@ fn serve(
                 dial,
                 roster,
                 roster_keys: access.roster_key,
+                mdns: !access.no_mdns,
             },
         )
         .await?;

@@ -66,6 +66,9 @@ enum Command {
         /// The relay above this one: NODE_ID@HOST:PORT.
         #[arg(long)]
         upstream: Option<String>,
+        /// A relay of the same tier to sync with directly: NODE_ID@HOST:PORT.
+        #[arg(long)]
+        peer: Vec<String>,
         #[command(flatten)]
         access: Access,
         #[arg(long, default_value_t = sync_core::store::DEFAULT_CACHE_DOCUMENTS)]
@@ -98,6 +101,10 @@ struct Access {
     /// relay, as a rule); its signed roster reaches this process through sync.
     #[arg(long, value_name = "NODE_ID")]
     roster_key: Vec<sync_core::net::EndpointId>,
+    /// Announce this relay on the LAN and sync with peers the roster admits found there
+    /// (mDNS).
+    #[arg(long)]
+    mdns: bool,
 }
 
 fn main() -> ExitCode {
@@ -133,9 +140,15 @@ fn main() -> ExitCode {
             http,
             listen,
             upstream,
+            peer,
             access,
             cache_documents,
-        } => serve(&dir, http, listen, upstream, access, cache_documents),
+        } => upstream
+            .iter()
+            .chain(&peer)
+            .map(|p| Ok((p.parse::<PeerAddr>()?, Role::Relay)))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .and_then(|dial| serve(&dir, http, listen, dial, access, cache_documents)),
         Command::Roster { action } => roster(&dir, action),
     };
     match result {
@@ -200,7 +213,7 @@ fn serve(
     dir: &DataDir,
     http: SocketAddr,
     listen: SocketAddr,
-    upstream: Option<String>,
+    dial: Vec<(PeerAddr, Role)>,
     access: Access,
     cache_documents: usize,
 ) -> anyhow::Result<ExitCode> {
@@ -217,10 +230,6 @@ fn serve(
         Some(path) => Roster::load(path)?,
         None => Roster::default(),
     };
-    let dial = match upstream {
-        Some(u) => vec![(u.parse::<PeerAddr>()?, Role::Relay)],
-        None => Vec::new(),
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -236,6 +245,7 @@ fn serve(
                     dial,
                     roster,
                     roster_keys: access.roster_key,
+                    mdns: access.mdns,
                 },
             )
             .await?,

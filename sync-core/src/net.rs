@@ -1,8 +1,9 @@
 //! Carries protocol sessions over iroh QUIC connections.
 //!
 //! The endpoint runs fully offline: no relay servers, no DNS or pkarr lookups, only the
-//! addresses an operator gives (`--peer`, `--relay`, `--upstream`) and the connections
-//! peers open to us. Each connection carries one bidirectional stream of length-prefixed
+//! addresses an operator gives (`--peer`, `--relay`, `--upstream`), the connections peers
+//! open to us, and, where enabled, peers announced by mDNS on the local network (never
+//! beyond it), which are dialled only if the roster admits them. Each connection carries one bidirectional stream of length-prefixed
 //! frames, and one [`Session`] on each side.
 //!
 //! A session's store work runs under the store lock on a blocking-capable thread
@@ -19,6 +20,7 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use iroh::endpoint::{Connection, QuicTransportConfig, VarInt, presets};
 use iroh::{Endpoint, EndpointAddr};
 pub use iroh::{EndpointId, SecretKey};
+use iroh_mdns_address_lookup::{DiscoveryEvent, MdnsAddressLookup};
 use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,9 @@ use crate::policy::{Member, Role};
 use crate::protocol::{self, Message, ProtocolError, Session, short};
 use crate::roster::{Roster, Trust};
 use crate::store::Store;
+
+/// The mDNS service Cabinet endpoints announce themselves under.
+const MDNS_SERVICE: &str = "cabinet";
 
 /// The store shared by the HTTP API and every sync session.
 pub type SharedStore = Arc<Mutex<Store>>;
@@ -112,6 +117,8 @@ pub struct NetConfig {
     pub roster: Roster,
     /// Keys trusted to sign rosters (this node's own key is always trusted).
     pub roster_keys: Vec<EndpointId>,
+    /// Announce this endpoint and find peers on the local network with mDNS.
+    pub mdns: bool,
 }
 
 /// What the status page shows of one peer.
@@ -141,6 +148,8 @@ struct Shared {
     roster_changed: watch::Sender<u64>,
     /// Peers dialled by configuration, with the role the operator gave them.
     configured: HashMap<String, Role>,
+    /// Peers found by mDNS that we dial, each with the token that stops its dialling.
+    discovered: Mutex<HashMap<String, CancellationToken>>,
     status: Mutex<HashMap<String, PeerStatus>>,
     /// Cancelled when the process shuts down: every loop and session ends.
     stopping: CancellationToken,
@@ -168,7 +177,25 @@ impl Net {
             addr: config.listen.to_string(),
             message,
         };
-        let endpoint = Endpoint::builder(presets::Minimal)
+        let mdns = if config.mdns {
+            match MdnsAddressLookup::builder()
+                .service_name(MDNS_SERVICE)
+                .build(secret.public())
+            {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warn!(error = %e, "mDNS is not available here: no discovery on the LAN");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut builder = Endpoint::builder(presets::Minimal);
+        if let Some(m) = &mdns {
+            builder = builder.address_lookup(m.clone());
+        }
+        let endpoint = builder
             .secret_key(secret)
             .alpns(vec![protocol::ALPN.to_vec()])
             .transport_config(transport)
@@ -207,6 +234,7 @@ impl Net {
             trust: Mutex::new(trust),
             roster_changed: watch::channel(0).0,
             configured,
+            discovered: Mutex::new(HashMap::new()),
             status: Mutex::new(status),
             stopping: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -215,7 +243,18 @@ impl Net {
         shared.tasks.spawn(accept_loop(shared.clone()));
         shared.tasks.spawn(roster_loop(shared.clone()));
         for (peer, _) in config.dial {
-            shared.tasks.spawn(dial_loop(shared.clone(), peer));
+            let stop = shared.stopping.clone();
+            shared.tasks.spawn(dial_loop(
+                shared.clone(),
+                peer.id,
+                vec![peer.addr],
+                stop,
+                false,
+            ));
+        }
+        if let Some(m) = mdns {
+            info!("announcing this endpoint and looking for peers on the LAN (mDNS)");
+            shared.tasks.spawn(mdns_loop(shared.clone(), m));
         }
         Ok(Net { shared })
     }
@@ -346,19 +385,88 @@ fn admission(shared: &Shared, peer_id: &str) -> Result<Option<Member>, &'static 
     Err("not on the roster")
 }
 
-async fn dial_loop(shared: Arc<Shared>, peer: PeerAddr) {
+/// Dials peers that mDNS finds on the LAN and the roster admits, while they are seen.
+async fn mdns_loop(shared: Arc<Shared>, mdns: MdnsAddressLookup) {
+    let mut events = mdns.subscribe().await;
+    let me = shared.endpoint.id();
+    loop {
+        let event = tokio::select! {
+            e = events.next() => e,
+            _ = shared.stopping.cancelled() => return,
+        };
+        let Some(event) = event else { return };
+        match event {
+            DiscoveryEvent::Discovered { endpoint_info, .. } => {
+                let id = endpoint_info.endpoint_id;
+                let key = id.to_string();
+                if id == me || shared.configured.contains_key(&key) {
+                    continue;
+                }
+                if lock(&shared.discovered).contains_key(&key) {
+                    continue;
+                }
+                match admission(&shared, &key) {
+                    Ok(Some(member)) => {
+                        let addrs: Vec<SocketAddr> = endpoint_info.ip_addrs().copied().collect();
+                        info!(peer = %short(&key), unit = %member.unit, ?addrs,
+                            "found a peer on the LAN");
+                        let stop = shared.stopping.child_token();
+                        lock(&shared.discovered).insert(key, stop.clone());
+                        // Of two peers that find each other, the one with the smaller id
+                        // dials first; the other waits a little, in case the first does
+                        // not look.
+                        let wait = id > me;
+                        shared
+                            .tasks
+                            .spawn(dial_loop(shared.clone(), id, addrs, stop, wait));
+                    }
+                    _ => {
+                        debug!(peer = %short(&key), "a node on the LAN that the roster does not admit")
+                    }
+                }
+            }
+            DiscoveryEvent::Expired { endpoint_id } => {
+                if let Some(stop) = lock(&shared.discovered).remove(&endpoint_id.to_string()) {
+                    debug!(peer = %endpoint_id.fmt_short(), "a peer left the LAN");
+                    stop.cancel();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Connects to a peer again and again (with back-off) until `stop`; a peer already
+/// connected (it dialled us) is left alone meanwhile. `wait_first` holds the first
+/// attempt back a few seconds.
+async fn dial_loop(
+    shared: Arc<Shared>,
+    id: EndpointId,
+    addrs: Vec<SocketAddr>,
+    stop: CancellationToken,
+    wait_first: bool,
+) {
     let first = Duration::from_millis(250);
     let mut wait = first;
     let mut limit = MAX_REDIAL;
-    while !shared.stopping.is_cancelled() {
+    if wait_first {
+        tokio::select! {
+            _ = tokio::time::sleep(MAX_REDIAL) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+    while !stop.is_cancelled() {
         let connected = lock(&shared.status)
-            .get(&peer.id.to_string())
+            .get(&id.to_string())
             .is_some_and(|s| s.connected);
         if !connected {
-            let addr = EndpointAddr::new(peer.id).with_ip_addr(peer.addr);
+            let mut addr = EndpointAddr::new(id);
+            for a in &addrs {
+                addr = addr.with_ip_addr(*a);
+            }
             let attempt = tokio::select! {
                 attempt = shared.endpoint.connect(addr, protocol::ALPN) => attempt,
-                _ = shared.stopping.cancelled() => return,
+                _ = stop.cancelled() => return,
             };
             match attempt {
                 Ok(conn) => match run_connection(shared.clone(), conn, true).await {
@@ -369,13 +477,13 @@ async fn dial_loop(shared: Arc<Shared>, peer: PeerAddr) {
                     Outcome::Refused => limit = MAX_REDIAL_REFUSED,
                 },
                 Err(e) => {
-                    debug!(peer = %peer.id.fmt_short(), error = %e, "peer unreachable");
+                    debug!(peer = %id.fmt_short(), error = %e, "peer unreachable");
                 }
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shared.stopping.cancelled() => return,
+            _ = stop.cancelled() => return,
         }
         wait = (wait * 2).min(limit);
     }

@@ -106,6 +106,7 @@ async fn hostile_peers_end_only_their_own_sessions() {
             dial: vec![],
             roster: roster_a,
             roster_keys: vec![],
+            mdns: false,
         },
     )
     .await
@@ -126,6 +127,7 @@ async fn hostile_peers_end_only_their_own_sessions() {
             )],
             roster: Roster::default(),
             roster_keys: Vec::new(),
+            mdns: false,
         },
     )
     .await

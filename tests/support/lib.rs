@@ -108,6 +108,9 @@ pub struct Process {
     pub listen: SocketAddr,
     pub id: String,
     extra: Vec<String>,
+    /// Whether a node announces itself and looks for peers with mDNS (off by default, so
+    /// tests send nothing beyond loopback).
+    mdns: bool,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -144,6 +147,7 @@ impl Process {
             listen: free_udp(),
             id,
             extra: Vec::new(),
+            mdns: false,
             child: None,
         }
     }
@@ -163,6 +167,12 @@ impl Process {
     /// Arguments added to `serve` (peers, relays, roster).
     pub fn with_args(&mut self, args: &[&str]) -> &mut Self {
         self.extra.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Lets a node find peers on the LAN with mDNS; for tests inside a network namespace.
+    pub fn with_mdns(&mut self) -> &mut Self {
+        self.mdns = true;
         self
     }
 
@@ -193,6 +203,7 @@ impl Process {
             .arg("--listen")
             .arg(self.listen.to_string())
             .args(&self.extra)
+            .args((self.kind == Kind::Node && !self.mdns).then_some("--no-mdns"))
             .env("RUST_LOG", "info,iroh=warn,noq=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
