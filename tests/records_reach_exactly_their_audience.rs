@@ -293,6 +293,32 @@ fn every_record_lives_exactly_where_its_audience_places_it() {
     let everyone = [&p, &c1, &c2, &a, &b, &c, &d, &stranger, &impostor, &e];
     check_placement(&everyone, &expected);
 
+    // A draft kept in the commune is shared up with the province, then taken back: the
+    // widening reaches C1 and P on the next sync; after the narrowing, A's later edits
+    // stay on A, while what P and C1 already received stays with them.
+    let draft = create(&a, "Dự thảo báo cáo quý", &[], json!({}));
+    expected.insert(draft.clone(), ("a draft kept in the commune", vec!["A"]));
+    let everyone = [&p, &c1, &c2, &a, &b, &c, &d, &stranger, &impostor, &e];
+    check_placement(&everyone, &expected);
+    let path = format!("/api/v1/documents/{draft}");
+    let widened = a.patch(&path, &json!({ "audience": [A, PROVINCE] }));
+    expected.insert(
+        draft.clone(),
+        ("the draft shared with the province", vec!["A", "C1", "P"]),
+    );
+    check_placement(&everyone, &expected);
+    a.patch(&path, &json!({ "audience": [A] }));
+    let edited = a.patch(
+        &path,
+        &json!({ "subject": "Dự thảo báo cáo quý (bản sửa nội bộ)" }),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    for relay in [&p, &c1] {
+        let held = relay.get(&path);
+        assert_eq!(held["heads"], widened["heads"], "{} has {held}", relay.name);
+        assert_ne!(held["heads"], edited["heads"]);
+    }
+
     // Tùng Lộc's disk is replaced: same key, empty store.
     d.stop();
     for f in ["store.db", "store.db-wal", "store.db-shm"] {
