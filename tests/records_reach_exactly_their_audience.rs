@@ -166,11 +166,13 @@ fn every_record_lives_exactly_where_its_audience_places_it() {
     p.start();
     c1.start();
     c2.start();
+    let v1_version = roster_version(&p);
+    assert!(v1_version > 0, "P holds no roster of its own");
     for relay in [&c1, &c2] {
         wait_for(
             &format!("{} to receive P's roster", relay.name),
             SETTLE,
-            || (roster_version(relay) == 1).then_some(()),
+            || (roster_version(relay) == v1_version).then_some(()),
         );
     }
     for node in [&mut a, &mut b, &mut c, &mut d, &mut stranger, &mut impostor] {
@@ -274,11 +276,15 @@ fn every_record_lives_exactly_where_its_audience_places_it() {
         &[&b],
     );
     publish(&p, dir, "roster-v2.toml", &v2);
+    let v2_version = wait_for("P to take its new roster", SETTLE, || {
+        let v = roster_version(&p);
+        (v > v1_version).then_some(v)
+    });
     for relay in [&c1, &c2] {
         wait_for(
             &format!("{} to receive roster v2", relay.name),
             SETTLE,
-            || (roster_version(relay) == 2).then_some(()),
+            || (roster_version(relay) == v2_version).then_some(()),
         );
     }
     e.with_args(&["--relay", &c1_addr, "--roster-key", &trust]);

@@ -167,10 +167,16 @@ fn roster(dir: &DataDir, action: RosterAction) -> anyhow::Result<ExitCode> {
             let roster = Roster::load(&file)?;
             let issuer = key.public().to_string();
             let held = store.rosters()?;
+            // Above the last version kept here and above the clock's seconds, so a relay
+            // restored from an older backup still publishes a version peers take.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             let version = held
                 .iter()
                 .find(|(i, _, _)| *i == issuer)
-                .map_or(1, |(_, v, _)| v + 1);
+                .map_or(1, |(_, v, _)| v + 1)
+                .max(now);
             let signed = SignedRoster::sign(&key, &me.unit, version, &roster)?;
             store.put_roster(&issuer, version, &signed.bytes)?;
             println!(

@@ -53,6 +53,9 @@ const MAX_REDIAL: Duration = Duration::from_secs(4);
 /// retrying is right, as its roster may change, but not four times a second.
 const MAX_REDIAL_REFUSED: Duration = Duration::from_secs(60);
 
+/// How long a peer found on the LAN may stay unreachable before we stop dialling it.
+const FORGET_LAN_PEER: Duration = Duration::from_secs(600);
+
 /// How long a write may wait for the peer to take it.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -385,54 +388,65 @@ fn admission(shared: &Shared, peer_id: &str) -> Result<Option<Member>, &'static 
     Err("not on the roster")
 }
 
-/// Dials peers that mDNS finds on the LAN and the roster admits, while they are seen.
+/// Dials peers that mDNS finds on the LAN and the roster admits, while they are seen. A
+/// peer seen before the roster admitted it is dialled once a newer roster does.
 async fn mdns_loop(shared: Arc<Shared>, mdns: MdnsAddressLookup) {
     let mut events = mdns.subscribe().await;
-    let me = shared.endpoint.id();
+    let mut rosters = shared.roster_changed.subscribe();
+    let mut seen: HashMap<EndpointId, Vec<SocketAddr>> = HashMap::new();
     loop {
-        let event = tokio::select! {
-            e = events.next() => e,
+        tokio::select! {
+            event = events.next() => match event {
+                Some(DiscoveryEvent::Discovered { endpoint_info, .. }) => {
+                    let id = endpoint_info.endpoint_id;
+                    seen.insert(id, endpoint_info.ip_addrs().copied().collect());
+                    dial_discovered(&shared, id, &seen[&id]);
+                }
+                Some(DiscoveryEvent::Expired { endpoint_id }) => {
+                    seen.remove(&endpoint_id);
+                    if let Some(stop) = lock(&shared.discovered).remove(&endpoint_id.to_string()) {
+                        debug!(peer = %endpoint_id.fmt_short(), "a peer left the LAN");
+                        stop.cancel();
+                    }
+                }
+                Some(_) => {}
+                None => return,
+            },
+            _ = rosters.changed() => {
+                for (id, addrs) in &seen {
+                    dial_discovered(&shared, *id, addrs);
+                }
+            }
             _ = shared.stopping.cancelled() => return,
-        };
-        let Some(event) = event else { return };
-        match event {
-            DiscoveryEvent::Discovered { endpoint_info, .. } => {
-                let id = endpoint_info.endpoint_id;
-                let key = id.to_string();
-                if id == me || shared.configured.contains_key(&key) {
-                    continue;
-                }
-                if lock(&shared.discovered).contains_key(&key) {
-                    continue;
-                }
-                match admission(&shared, &key) {
-                    Ok(Some(member)) => {
-                        let addrs: Vec<SocketAddr> = endpoint_info.ip_addrs().copied().collect();
-                        info!(peer = %short(&key), unit = %member.unit, ?addrs,
-                            "found a peer on the LAN");
-                        let stop = shared.stopping.child_token();
-                        lock(&shared.discovered).insert(key, stop.clone());
-                        // Of two peers that find each other, the one with the smaller id
-                        // dials first; the other waits a little, in case the first does
-                        // not look.
-                        let wait = id > me;
-                        shared
-                            .tasks
-                            .spawn(dial_loop(shared.clone(), id, addrs, stop, wait));
-                    }
-                    _ => {
-                        debug!(peer = %short(&key), "a node on the LAN that the roster does not admit")
-                    }
-                }
-            }
-            DiscoveryEvent::Expired { endpoint_id } => {
-                if let Some(stop) = lock(&shared.discovered).remove(&endpoint_id.to_string()) {
-                    debug!(peer = %endpoint_id.fmt_short(), "a peer left the LAN");
-                    stop.cancel();
-                }
-            }
-            _ => {}
         }
+    }
+}
+
+/// Starts dialling a peer found on the LAN, unless it is us, configured, already being
+/// dialled, or not admitted by the roster.
+fn dial_discovered(shared: &Arc<Shared>, id: EndpointId, addrs: &[SocketAddr]) {
+    let me = shared.endpoint.id();
+    let key = id.to_string();
+    if id == me || shared.configured.contains_key(&key) {
+        return;
+    }
+    let mut discovered = lock(&shared.discovered);
+    if discovered.contains_key(&key) {
+        return;
+    }
+    match admission(shared, &key) {
+        Ok(Some(member)) => {
+            info!(peer = %short(&key), unit = %member.unit, ?addrs, "found a peer on the LAN");
+            let stop = shared.stopping.child_token();
+            discovered.insert(key, stop.clone());
+            // Of two peers that find each other, the one with the smaller id dials at
+            // once; the other waits a little, in case the first does not look.
+            let wait = me > id;
+            shared
+                .tasks
+                .spawn(dial_loop(shared.clone(), id, addrs.to_vec(), stop, wait));
+        }
+        _ => debug!(peer = %short(&key), "a node on the LAN that the roster does not admit"),
     }
 }
 
@@ -455,11 +469,22 @@ async fn dial_loop(
             _ = stop.cancelled() => return,
         }
     }
+    let key = id.to_string();
+    let found_on_lan = !shared.configured.contains_key(&key);
+    let mut last_reached = tokio::time::Instant::now();
     while !stop.is_cancelled() {
-        let connected = lock(&shared.status)
-            .get(&id.to_string())
-            .is_some_and(|s| s.connected);
-        if !connected {
+        if found_on_lan
+            && (admission(&shared, &key).is_err() || last_reached.elapsed() > FORGET_LAN_PEER)
+        {
+            // No longer admitted (revoked), or gone from the LAN without our hearing of
+            // it: stop dialling; mDNS announces it again if it comes back.
+            lock(&shared.discovered).remove(&key);
+            return;
+        }
+        let connected = lock(&shared.status).get(&key).is_some_and(|s| s.connected);
+        if connected {
+            last_reached = tokio::time::Instant::now();
+        } else {
             let mut addr = EndpointAddr::new(id);
             for a in &addrs {
                 addr = addr.with_ip_addr(*a);
@@ -471,6 +496,7 @@ async fn dial_loop(
             match attempt {
                 Ok(conn) => match run_connection(shared.clone(), conn, true).await {
                     Outcome::Session => {
+                        last_reached = tokio::time::Instant::now();
                         wait = first;
                         limit = MAX_REDIAL;
                     }
@@ -530,6 +556,9 @@ async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) -> 
     set_status(&shared, &peer_id, |s| s.connected = true);
 
     let mut session = Session::new(shared.me.clone(), peer_id.clone(), roster_member);
+    if let Some(role) = shared.configured.get(&peer_id) {
+        session.expect_role(*role);
+    }
     session.set_rosters(lock(&shared.trust).offers());
     let result = drive(&shared, &mut session, send, recv).await;
     let stats = session.stats();
@@ -607,6 +636,10 @@ async fn drive(
     let mut changes: watch::Receiver<u64> = lock(&shared.store).subscribe();
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
     let mut rosters = shared.roster_changed.subscribe();
+    // A roster taken between the admission check and now is not announced again.
+    if let Err(reason) = still_admitted(shared, session) {
+        return Err(SessionEnd::NotAdmitted(reason));
+    }
 
     let hello = {
         let store = lock(&shared.store);

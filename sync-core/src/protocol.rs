@@ -119,7 +119,10 @@ pub enum Message {
     },
     /// Catalog reconciliation, when the sender holds no valid cursor for the receiver's
     /// store (see [`catalog`]).
-    Catalog { ranges: Vec<catalog::CatalogRange> },
+    Catalog {
+        salt: catalog::Salt,
+        ranges: Vec<catalog::CatalogRange>,
+    },
 }
 
 impl Message {
@@ -156,6 +159,11 @@ pub enum ProtocolError {
         announced: String,
         role: &'static str,
         expected: String,
+    },
+    #[error("peer announced itself as a {announced}, it was configured as a {expected}")]
+    WrongRole {
+        announced: &'static str,
+        expected: &'static str,
     },
     #[error("peer announced an unknown unit {0:?}")]
     UnknownUnit(String),
@@ -215,6 +223,11 @@ pub struct Session {
     /// Our scan waits until our catalog questions are answered, then skips what the
     /// peer holds alike.
     scan_waits_for_catalog: bool,
+    /// Whether we hold back another unit's record from a peer that holds none of it (it
+    /// would refuse it); tests turn this off to play a node that forges such records.
+    holds_back_foreign: bool,
+    /// For a peer without a roster entry: the role the operator configured it with.
+    configured_role: Option<Role>,
 }
 
 impl Session {
@@ -241,7 +254,21 @@ impl Session {
             rosters_received: 0,
             catalog: None,
             scan_waits_for_catalog: false,
+            holds_back_foreign: true,
+            configured_role: None,
         }
+    }
+
+    /// A peer without a roster entry must announce the role it was configured with (a
+    /// `--peer` node may not pass itself off as a relay).
+    pub fn expect_role(&mut self, role: Role) {
+        self.configured_role = Some(role);
+    }
+
+    /// Plays a node that sends other units' records to peers that do not hold them.
+    #[cfg(test)]
+    pub(crate) fn send_foreign_records(&mut self) {
+        self.holds_back_foreign = false;
     }
 
     /// The signed rosters we hold. Once the peer has said Hello, returns those it lacks
@@ -372,19 +399,23 @@ impl Session {
                     // find those it already holds alike.
                     let catalog = self.catalog(store)?;
                     if !catalog.is_empty() {
-                        let ranges = catalog.start();
+                        let salt = crate::determinism::random_bytes::<16>();
+                        let ranges = catalog.start(salt)?;
                         self.scan_waits_for_catalog = true;
-                        out.push(Message::Catalog { ranges });
+                        out.push(Message::Catalog { salt, ranges });
                     }
                 }
             }
-            Message::Catalog { ranges } => {
+            Message::Catalog { salt, ranges } => {
                 if !self.hello_received {
                     return Err(ProtocolError::NoHello);
                 }
-                let answers = self.catalog(store)?.handle(ranges)?;
-                if !answers.is_empty() {
-                    out.push(Message::Catalog { ranges: answers });
+                let answers = self.catalog(store)?.handle(&salt, ranges)?;
+                for chunk in answers.chunks(catalog::MAX_RANGES_PER_MESSAGE) {
+                    out.push(Message::Catalog {
+                        salt,
+                        ranges: chunk.to_vec(),
+                    });
                 }
             }
             Message::Roster { signed } => {
@@ -471,6 +502,14 @@ impl Session {
                 }
             }
             None => {
+                if let Some(expected) = self.configured_role
+                    && expected != role
+                {
+                    return Err(ProtocolError::WrongRole {
+                        announced: role.as_str(),
+                        expected: expected.as_str(),
+                    });
+                }
                 let unit =
                     UnitCode::parse(&unit).map_err(|_| ProtocolError::UnknownUnit(unit.clone()))?;
                 self.peer = Some(Member { unit, role });
@@ -671,6 +710,21 @@ impl Session {
             None => (Automerge::new(), None, None, false),
         };
         let existed = before_header.is_some();
+        if let Some(header) = &before_header
+            && self.holds_back_foreign
+            && self.me.role == Role::Node
+            && header.unit != self.me.unit.as_str()
+            && message.heads.is_empty()
+        {
+            // The peer holds none of another unit's record: it takes such a record only
+            // from its owner's nodes or a relay, so nothing is sent, and the record is
+            // not owed to it from here.
+            store.untake(id.clone(), doc);
+            self.states.pop(&id);
+            self.delivered(&id);
+            self.refused_by_peer.insert(id);
+            return Ok(());
+        }
         // Whether `doc` is the store's copy, to be given back to its cache afterwards.
         let mut stored = existed;
         let before = doc.get_heads();

@@ -245,6 +245,14 @@ impl SignedRoster {
         })
     }
 
+    /// The issuer and version a signed roster claims, unchecked: enough to skip one that
+    /// is not newer than the roster held without verifying it.
+    pub fn peek(bytes: &[u8]) -> Option<(String, u64)> {
+        let envelope: Envelope = postcard::from_bytes(bytes).ok()?;
+        let body: Body = postcard::from_bytes(&envelope.body).ok()?;
+        Some((envelope.issuer, body.version))
+    }
+
     /// Checks a signed roster: its issuer is one of `trusted`, the signature verifies,
     /// every entry names a known unit in the issuer's subtree.
     pub fn verify(bytes: &[u8], trusted: &[EndpointId]) -> Result<SignedRoster, RosterError> {
@@ -318,6 +326,15 @@ impl Trust {
     /// Takes a signed roster if it verifies and is newer than the one held from its
     /// issuer; returns it when it was taken.
     pub fn accept(&mut self, bytes: &[u8]) -> Result<Option<&SignedRoster>, RosterError> {
+        // A roster that is not newer than the one held is not worth a signature check.
+        if let Some((issuer, version)) = SignedRoster::peek(bytes)
+            && self
+                .signed
+                .get(&issuer)
+                .is_some_and(|held| version <= held.version)
+        {
+            return Ok(None);
+        }
         let roster = SignedRoster::verify(bytes, &self.anchors)?;
         let issuer = roster.issuer.to_string();
         let newer = self
@@ -343,8 +360,23 @@ impl Trust {
             .cloned()
     }
 
+    /// Revoked by the roster file, or by a signed roster whose issuer the node belongs
+    /// under: an issuer revokes only in its own subtree, so a province cannot revoke
+    /// the national relay, nor one province another's nodes. A node no roster lists is
+    /// refused anyway.
     pub fn is_revoked(&self, id: &str) -> bool {
-        self.file.is_revoked(id) || self.signed.values().any(|s| s.roster.is_revoked(id))
+        if self.file.is_revoked(id) {
+            return true;
+        }
+        let listed = self
+            .file
+            .get(id)
+            .into_iter()
+            .chain(self.signed.values().filter_map(|s| s.roster.get(id)));
+        let units: Vec<UnitCode> = listed.map(|m| m.unit.clone()).collect();
+        self.signed.values().any(|s| {
+            s.roster.is_revoked(id) && units.iter().all(|u| u.path_to_root().contains(&s.unit))
+        })
     }
 
     /// The signed rosters held, newest version of each issuer.
@@ -438,6 +470,45 @@ mod tests {
             );
         }
         assert!(SignedRoster::verify(b"", &[province.public()]).is_err());
+    }
+
+    #[test]
+    fn an_issuer_revokes_only_in_its_own_subtree() {
+        let national = key();
+        let province = key();
+        let other_province_node = key();
+        let vn = UnitCode::parse("VN").unwrap();
+        let ha_tinh = UnitCode::parse("42").unwrap();
+        let top = SignedRoster::sign(
+            &national,
+            &vn,
+            1,
+            &roster(
+                &[
+                    (&province, "42", Role::Relay),
+                    (&other_province_node, "00004", Role::Node),
+                ],
+                &[],
+            ),
+        )
+        .unwrap();
+        // Hà Tĩnh's relay tries to revoke the national list's node of another province.
+        let below = SignedRoster::sign(
+            &province,
+            &ha_tinh,
+            1,
+            &roster(&[], &[&other_province_node]),
+        )
+        .unwrap();
+        let mut trust = Trust::new(
+            vec![national.public(), province.public()],
+            Roster::default(),
+        );
+        trust.accept(&top.bytes).unwrap();
+        trust.accept(&below.bytes).unwrap();
+        let id = other_province_node.public().to_string();
+        assert!(!trust.is_revoked(&id));
+        assert!(trust.member(&id).is_some());
     }
 
     #[test]

@@ -689,7 +689,7 @@ fn describe(m: &Message) -> String {
         Message::Sync { record, data } => format!("Sync {record} ({} bytes)", data.len()),
         Message::Refused { record } => format!("Refused {record}"),
         Message::Roster { signed } => format!("Roster ({} bytes)", signed.len()),
-        Message::Catalog { ranges } => format!("Catalog ({} ranges)", ranges.len()),
+        Message::Catalog { ranges, .. } => format!("Catalog ({} ranges)", ranges.len()),
         Message::Progress { seq, .. } => format!("Progress {seq}"),
     }
 }

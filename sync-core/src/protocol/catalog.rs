@@ -21,6 +21,12 @@
 //! Every fingerprint and every item list sent awaits exactly one answer; a side has
 //! settled when it awaits none. Both sides may ask at once (each lacks a cursor for the
 //! other): the exchanges are independent and answer each other's questions alike.
+//!
+//! Each exchange has a random salt, chosen by the side that starts it and carried in its
+//! messages, that keys the item hashes a fingerprint XORs: XOR is linear, so without the
+//! salt whoever can choose record ids could build two different ranges with one
+//! fingerprint. A side keeps the XOR of every prefix of its items per salt, so a
+//! fingerprint costs a binary search, whatever the range a peer asks about.
 
 use std::collections::{HashMap, HashSet};
 
@@ -46,6 +52,16 @@ const MAX_ITEMS_PER_RANGE: usize = 4 * LIST_AT_MOST;
 /// The most ranges a session may send us in all; an honest exchange over a million
 /// records needs a few hundred thousand.
 const MAX_RANGES_PER_SESSION: usize = 2_000_000;
+
+/// The most ranges one message carries; longer answers are sent as several messages,
+/// which keeps every message far below the frame limit.
+pub const MAX_RANGES_PER_MESSAGE: usize = 1024;
+
+/// A random value that keys the fingerprints of one exchange.
+pub type Salt = [u8; 16];
+
+/// Exchanges (salts) a session takes part in: its own and the peer's.
+const MAX_SALTS: usize = 2;
 
 /// The ids from `lower` (exclusive; `None`: from the first) to `upper` (inclusive;
 /// `None`: to the last), and what the sender says of them.
@@ -78,6 +94,10 @@ pub enum CatalogError {
     TooManyItems(usize),
     #[error("more than {MAX_RANGES_PER_SESSION} catalog ranges in one session")]
     TooManyRanges,
+    #[error("a catalog message of {0} ranges, more than {MAX_RANGES_PER_MESSAGE}")]
+    MessageTooLong(usize),
+    #[error("catalog messages for more than {MAX_SALTS} exchanges in one session")]
+    TooManyExchanges,
 }
 
 struct Item {
@@ -90,6 +110,8 @@ struct Item {
 /// One side's catalog for one peer and what reconciling it has shown.
 pub struct Catalog {
     items: Vec<Item>,
+    /// Per salt: `prefixes[i]` is the XOR of the salted hashes of the first `i` items.
+    prefixes: HashMap<Salt, Vec<Hash>>,
     /// Records the peer holds alike, with our seq when the catalog was taken.
     alike: HashMap<DocId, u64>,
     awaiting: usize,
@@ -127,6 +149,7 @@ impl Catalog {
         items.sort_by_key(|i| i.key);
         Catalog {
             items,
+            prefixes: HashMap::new(),
             alike: HashMap::new(),
             awaiting: 0,
             ranges_received: 0,
@@ -141,9 +164,34 @@ impl Catalog {
         self.items.is_empty()
     }
 
-    /// The first question: does the whole catalog match?
-    pub fn start(&mut self) -> Vec<CatalogRange> {
-        vec![self.ask(None, None)]
+    /// The first question of an exchange keyed by `salt`: does the whole catalog match?
+    pub fn start(&mut self, salt: Salt) -> Result<Vec<CatalogRange>, CatalogError> {
+        self.prefixes_for(&salt)?;
+        Ok(vec![self.ask(&salt, None, None)])
+    }
+
+    fn prefixes_for(&mut self, salt: &Salt) -> Result<(), CatalogError> {
+        if self.prefixes.contains_key(salt) {
+            return Ok(());
+        }
+        if self.prefixes.len() >= MAX_SALTS {
+            return Err(CatalogError::TooManyExchanges);
+        }
+        let key = blake3::hash(salt);
+        let mut prefixes = Vec::with_capacity(self.items.len() + 1);
+        let mut acc = [0u8; 16];
+        prefixes.push(acc);
+        for item in &self.items {
+            let mut hasher = blake3::Hasher::new_keyed(key.as_bytes());
+            hasher.update(&item.key);
+            hasher.update(&item.hash);
+            for (a, h) in acc.iter_mut().zip(truncate(hasher.finalize())) {
+                *a ^= h;
+            }
+            prefixes.push(acc);
+        }
+        self.prefixes.insert(*salt, prefixes);
+        Ok(())
     }
 
     /// Has every question we asked been answered?
@@ -169,20 +217,16 @@ impl Catalog {
         start..end.max(start)
     }
 
-    fn fingerprint(&self, range: std::ops::Range<usize>) -> Hash {
-        let mut fp = [0u8; 16];
-        for item in &self.items[range] {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update(&item.key);
-            hasher.update(&item.hash);
-            for (f, h) in fp.iter_mut().zip(truncate(hasher.finalize())) {
-                *f ^= h;
-            }
+    fn fingerprint(&self, salt: &Salt, range: std::ops::Range<usize>) -> Hash {
+        let prefixes = &self.prefixes[salt];
+        let mut fp = prefixes[range.end];
+        for (f, p) in fp.iter_mut().zip(prefixes[range.start]) {
+            *f ^= p;
         }
         fp
     }
 
-    fn ask(&mut self, lower: Option<Key>, upper: Option<Key>) -> CatalogRange {
+    fn ask(&mut self, salt: &Salt, lower: Option<Key>, upper: Option<Key>) -> CatalogRange {
         let range = self.range(lower.as_ref(), upper.as_ref());
         self.awaiting += 1;
         CatalogRange {
@@ -190,7 +234,7 @@ impl Catalog {
             upper,
             part: CatalogPart::Fingerprint {
                 count: range.len() as u64,
-                fingerprint: self.fingerprint(range),
+                fingerprint: self.fingerprint(salt, range),
             },
         }
     }
@@ -201,19 +245,29 @@ impl Catalog {
         }
     }
 
-    /// Handles the peer's ranges; returns the answers and questions to send back.
-    pub fn handle(&mut self, ranges: Vec<CatalogRange>) -> Result<Vec<CatalogRange>, CatalogError> {
+    /// Handles the peer's ranges of the exchange keyed by `salt`; returns the answers
+    /// and questions to send back, in the same exchange.
+    pub fn handle(
+        &mut self,
+        salt: &Salt,
+        ranges: Vec<CatalogRange>,
+    ) -> Result<Vec<CatalogRange>, CatalogError> {
+        if ranges.len() > MAX_RANGES_PER_MESSAGE {
+            return Err(CatalogError::MessageTooLong(ranges.len()));
+        }
         self.ranges_received += ranges.len();
         if self.ranges_received > MAX_RANGES_PER_SESSION {
             return Err(CatalogError::TooManyRanges);
         }
+        self.prefixes_for(salt)?;
         let mut out = Vec::new();
         for CatalogRange { lower, upper, part } in ranges {
             let range = self.range(lower.as_ref(), upper.as_ref());
             let answer = |part| CatalogRange { lower, upper, part };
             match part {
                 CatalogPart::Fingerprint { fingerprint, count } => {
-                    if count == range.len() as u64 && fingerprint == self.fingerprint(range.clone())
+                    if count == range.len() as u64
+                        && fingerprint == self.fingerprint(salt, range.clone())
                     {
                         self.mark_alike(range);
                         out.push(answer(CatalogPart::Match));
@@ -235,7 +289,7 @@ impl Catalog {
                             } else {
                                 Some(self.items[end - 1].key)
                             };
-                            out.push(self.ask(part_lower, part_upper));
+                            out.push(self.ask(salt, part_lower, part_upper));
                             part_lower = part_upper;
                             start = end;
                         }
@@ -310,20 +364,38 @@ mod tests {
     ) -> (Catalog, Catalog, usize, usize) {
         let mut a = Catalog::new(a);
         let mut b = Catalog::new(b);
-        let mut to_b = a.start();
-        let mut to_a = if both_ask { b.start() } else { Vec::new() };
+        let (salt_a, salt_b) = ([1; 16], [2; 16]);
+        // In flight: (salt, ranges) one way and the other.
+        let mut to_b = vec![(salt_a, a.start(salt_a).unwrap())];
+        let mut to_a = if both_ask {
+            vec![(salt_b, b.start(salt_b).unwrap())]
+        } else {
+            Vec::new()
+        };
         let (mut messages, mut bytes) = (0, 0);
         while !to_a.is_empty() || !to_b.is_empty() {
-            for m in [&to_a, &to_b] {
-                if !m.is_empty() {
-                    messages += 1;
-                    bytes += postcard::to_stdvec(m).unwrap().len();
+            let deliver = |cat: &mut Catalog, inbox: Vec<(Salt, Vec<CatalogRange>)>| {
+                let mut out = Vec::new();
+                for (salt, ranges) in inbox {
+                    for chunk in ranges.chunks(MAX_RANGES_PER_MESSAGE) {
+                        let answers = cat.handle(&salt, chunk.to_vec()).unwrap();
+                        if !answers.is_empty() {
+                            out.push((salt, answers));
+                        }
+                    }
+                }
+                out
+            };
+            for inbox in [&to_a, &to_b] {
+                for (_, ranges) in inbox {
+                    messages += ranges.len().div_ceil(MAX_RANGES_PER_MESSAGE);
+                    bytes += postcard::to_stdvec(ranges).unwrap().len() + 16;
                 }
             }
-            let next_b = b.handle(std::mem::take(&mut to_b)).unwrap();
-            let next_a = a.handle(std::mem::take(&mut to_a)).unwrap();
-            to_a = next_b;
-            to_b = next_a;
+            let next_a = deliver(&mut b, std::mem::take(&mut to_b));
+            let next_b = deliver(&mut a, std::mem::take(&mut to_a));
+            to_a = next_a;
+            to_b = next_b;
             assert!(messages < 10_000, "the exchange never ends");
         }
         assert!(a.is_settled() && b.is_settled());
@@ -391,7 +463,8 @@ mod tests {
     #[test]
     fn a_faulty_peer_can_only_end_its_own_exchange() {
         let mut a = Catalog::new((0..100).map(|i| (id(i), hash(i), i)));
-        let _ = a.start();
+        let salt = [7; 16];
+        let _ = a.start(salt).unwrap();
         let flood = CatalogRange {
             lower: None,
             upper: None,
@@ -400,7 +473,7 @@ mod tests {
             },
         };
         assert_eq!(
-            a.handle(vec![flood]),
+            a.handle(&salt, vec![flood]),
             Err(CatalogError::TooManyItems(MAX_ITEMS_PER_RANGE + 1))
         );
         // Unasked answers and inverted ranges change nothing but our waiting.
@@ -416,8 +489,26 @@ mod tests {
                 part: CatalogPart::Split,
             },
         ];
-        assert!(a.handle(odd).unwrap().is_empty());
+        assert!(a.handle(&salt, odd).unwrap().is_empty());
         assert!(a.is_settled());
         assert_eq!(a.alike_count(), 0);
+        let whole = CatalogRange {
+            lower: None,
+            upper: None,
+            part: CatalogPart::Fingerprint {
+                fingerprint: [0; 16],
+                count: 1,
+            },
+        };
+        assert_eq!(
+            a.handle(&salt, vec![whole.clone(); MAX_RANGES_PER_MESSAGE + 1]),
+            Err(CatalogError::MessageTooLong(MAX_RANGES_PER_MESSAGE + 1))
+        );
+        // Our exchange and one of the peer's; a third salt is a fault.
+        assert!(a.handle(&[8; 16], vec![whole.clone()]).is_ok());
+        assert_eq!(
+            a.handle(&[9; 16], vec![whole]),
+            Err(CatalogError::TooManyExchanges)
+        );
     }
 }

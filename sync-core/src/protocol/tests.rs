@@ -323,6 +323,7 @@ fn a_forged_copy_of_a_hidden_record_neither_writes_into_it_nor_learns_of_it() {
     )
     .unwrap();
     b.store.put(&secret, forged, &[]).unwrap();
+    b.session.send_foreign_records();
 
     run(&mut a, &mut b);
 
@@ -609,6 +610,7 @@ fn a_node_cannot_plant_a_record_in_another_units_name() {
     // their relay and to A: neither keeps it.
     let mut b = side("b", member(B, Role::Node), "r");
     let forged = create(&mut b.store, &header(A, &[A, B]), "giả mạo");
+    b.session.send_foreign_records();
     let mut r = side("r", member(CLUSTER, Role::Relay), "b");
     run(&mut b, &mut r);
     assert!(!r.store.contains(&forged).unwrap());
@@ -618,11 +620,35 @@ fn a_node_cannot_plant_a_record_in_another_units_name() {
         session: Session::new(member(B, Role::Node), "a".into(), None),
         ..b
     };
+    b.session.send_foreign_records();
     b.inbox.clear();
     let mut a = side("a", member(A, Role::Node), "b");
     run(&mut b, &mut a);
     assert!(!a.store.contains(&forged).unwrap());
     assert_eq!(a.store.count().unwrap(), 0);
+    assert!(a.session.stats().changes_refused > 0);
+}
+
+#[test]
+fn a_node_does_not_pass_on_another_units_record_to_a_peer_that_lacks_it() {
+    // B holds A's record; C, a commune that may see it but does not hold it, would refuse
+    // it from B: B sends none of it, and counts nothing as owed.
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let id = create(&mut a.store, &header(A, &[A, B, "18409"]), "cho ba xã");
+    run(&mut a, &mut b);
+    let mut b = Side {
+        session: Session::new(member(B, Role::Node), "c".into(), None),
+        ..b
+    };
+    b.inbox.clear();
+    let mut c = side("c", member("18409", Role::Node), "b");
+    let bytes_before = b.session.stats().messages_out;
+    run(&mut b, &mut c);
+    assert!(!c.store.contains(&id).unwrap());
+    assert_eq!(c.session.stats().changes_refused, 0);
+    assert!(b.session.is_idle() && c.session.is_idle());
+    assert!(b.session.stats().messages_out - bytes_before < 6);
 }
 
 #[test]
@@ -688,4 +714,15 @@ fn a_catalog_never_hides_a_record_that_differs() {
         assert_eq!(json(&mut a.store, id), json(&mut b.store, id));
     }
     assert!(a.session.is_idle() && b.session.is_idle());
+}
+
+#[test]
+fn a_configured_peer_cannot_pass_itself_off_as_a_relay() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    a.session.expect_role(Role::Node);
+    let mut b = side("b", member(B, Role::Relay), "a");
+    b.inbox.extend(a.session.start(&a.store).unwrap());
+    let hello = b.session.start(&b.store).unwrap().remove(0);
+    let r = a.store.batch(|s| a.session.handle(s, hello));
+    assert!(matches!(r, Err(ProtocolError::WrongRole { .. })), "{r:?}");
 }
