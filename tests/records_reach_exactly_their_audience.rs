@@ -298,6 +298,16 @@ fn every_record_lives_exactly_where_its_audience_places_it() {
     expected.insert(from_revoked, ("a letter from revoked B", vec!["B"]));
     let everyone = [&p, &c1, &c2, &a, &b, &c, &d, &stranger, &impostor, &e];
     check_placement(&everyone, &expected);
+    let status = c1.get("/api/v1/status");
+    let b_on_c1 = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|peer| peer["id"] == b.id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(b_on_c1["revoked"], true, "{status}");
+    assert_eq!(b_on_c1["connected"], false, "{status}");
 
     // A draft kept in the commune is shared up with the province, then taken back: the
     // widening reaches C1 and P on the next sync; after the narrowing, A's later edits

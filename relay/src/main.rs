@@ -165,6 +165,12 @@ fn roster(dir: &DataDir, action: RosterAction) -> anyhow::Result<ExitCode> {
     match action {
         RosterAction::Publish { file } => {
             let roster = Roster::load(&file)?;
+            if roster.is_empty() {
+                bail!(
+                    "{} lists no members: published, it would admit nobody below this relay",
+                    file.display()
+                );
+            }
             let issuer = key.public().to_string();
             let held = store.rosters()?;
             // Above the last version kept here and above the clock's seconds, so a relay
@@ -180,11 +186,12 @@ fn roster(dir: &DataDir, action: RosterAction) -> anyhow::Result<ExitCode> {
             let signed = SignedRoster::sign(&key, &me.unit, version, &roster)?;
             store.put_roster(&issuer, version, &signed.bytes)?;
             println!(
-                "published roster version {version} of {} ({}): {} members; peers that trust \
-                 {issuer} take it on their next sync",
+                "published roster version {version} of {} ({}): {} members, {} revoked; \
+                 peers that trust {issuer} take it on their next sync",
                 me.unit.name(),
                 me.unit,
                 roster.len(),
+                roster.revoked_len(),
             );
         }
         RosterAction::Show => {
@@ -196,10 +203,11 @@ fn roster(dir: &DataDir, action: RosterAction) -> anyhow::Result<ExitCode> {
                 let id: sync_core::net::EndpointId = issuer.parse()?;
                 match SignedRoster::verify(&bytes, &[id]) {
                     Ok(r) => println!(
-                        "{issuer} ({}) version {version}, issued {}: {} members",
+                        "{issuer} ({}) version {version}, issued {}: {} members, {} revoked",
                         r.unit,
                         r.issued_at,
-                        r.roster.len()
+                        r.roster.len(),
+                        r.roster.revoked_len()
                     ),
                     Err(e) => println!("{issuer} version {version}: does not verify ({e})"),
                 }
@@ -461,7 +469,13 @@ async fn status_page(State(s): State<AppState>) -> Result<Html<String>, Response
             html_escape(&p["id"].as_str().unwrap_or("").chars().take(16).collect::<String>()),
             html_escape(p["unit"].as_str().unwrap_or("?")),
             html_escape(p["tier"].as_str().unwrap_or("?")),
-            if p["connected"].as_bool().unwrap_or(false) { "có (yes)" } else { "không (no)" },
+            if p["revoked"].as_bool().unwrap_or(false) {
+                "thu hồi (revoked)"
+            } else if p["connected"].as_bool().unwrap_or(false) {
+                "có (yes)"
+            } else {
+                "không (no)"
+            },
             html_escape(p["last_sync"].as_str().unwrap_or("—")),
             p["pending_out"],
             p["pending_in"],

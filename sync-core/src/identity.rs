@@ -11,15 +11,15 @@ pub const KEY_FILE: &str = "node.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {reason}")]
     Read {
         path: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {reason}")]
     Write {
         path: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{path} does not hold a node key (64 hex characters expected)")]
     Malformed { path: String },
@@ -31,10 +31,10 @@ pub fn load(dir: &Path) -> Result<Option<SecretKey>, IdentityError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
+        Err(reason) => {
             return Err(IdentityError::Read {
                 path: path.display().to_string(),
-                source,
+                reason,
             });
         }
     };
@@ -54,9 +54,9 @@ pub fn load_or_create(dir: &Path) -> Result<SecretKey, IdentityError> {
         return Ok(key);
     }
     let path = dir.join(KEY_FILE);
-    let write_err = |source| IdentityError::Write {
+    let write_err = |reason| IdentityError::Write {
         path: path.display().to_string(),
-        source,
+        reason,
     };
     let key = SecretKey::generate();
     let mut options = std::fs::OpenOptions::new();

@@ -552,7 +552,7 @@ async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) -> 
             return Outcome::Refused;
         }
     };
-    info!(peer = %short(&peer_id), dialer, "peer connected");
+    debug!(peer = %short(&peer_id), dialer, "connection open");
     set_status(&shared, &peer_id, |s| s.connected = true);
 
     let mut session = Session::new(shared.me.clone(), peer_id.clone(), roster_member);
@@ -591,13 +591,17 @@ async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) -> 
             // The peer closing with an error code refused us (not on its roster) or found
             // fault with what we sent; a connection that was merely lost is redialled at
             // the ordinary pace.
-            let code = match conn.close_reason() {
-                Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => Some(c.error_code),
-                _ => None,
+            let (code, why) = match conn.close_reason() {
+                Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => (
+                    Some(c.error_code),
+                    String::from_utf8_lossy(&c.reason).into_owned(),
+                ),
+                _ => (None, String::new()),
             };
             if code == Some(VarInt::from_u32(CLOSE_NOT_ALLOWED)) {
-                warn!(peer = %short(&peer_id),
-                    "the peer refused this node: it is not on the peer's roster");
+                // The peer says why: "not on the roster", "revoked", or a unit or role
+                // its roster does not give this node.
+                warn!(peer = %short(&peer_id), reason = %why, "the peer refused this node");
             } else if let Some(code) = code.filter(|c| *c != VarInt::from_u32(CLOSE_DONE)) {
                 warn!(peer = %short(&peer_id), %code, reason = %e,
                     "the peer ended the session for a fault");
@@ -678,7 +682,15 @@ async fn drive(
                 }
                 set_status(shared, session.peer_id(), |s| s.bytes_in += bytes_in);
                 debug!(peer = %short(session.peer_id()), frames = messages.len(), "frames in");
+                let had_hello = session.has_hello();
                 let out = handle_batch(shared, session, messages)?;
+                if !had_hello
+                    && session.has_hello()
+                    && let Some(m) = session.peer()
+                {
+                    info!(peer = %short(session.peer_id()), unit = %m.unit,
+                        role = m.role.as_str(), "session started");
+                }
                 take_rosters(shared, session);
                 out
             }

@@ -35,10 +35,10 @@ pub const MAX_ENTRIES: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RosterError {
-    #[error("cannot read roster {path}: {source}")]
+    #[error("cannot read roster {path}: {reason}")]
     Read {
         path: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("roster {path} is not valid: {message}")]
     Invalid { path: String, message: String },
@@ -88,9 +88,9 @@ fn parse_id(id: &str) -> Result<String, String> {
 
 impl Roster {
     pub fn load(path: &Path) -> Result<Roster, RosterError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RosterError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| RosterError::Read {
             path: path.display().to_string(),
-            source,
+            reason,
         })?;
         Roster::parse(&text).map_err(|message| RosterError::Invalid {
             path: path.display().to_string(),
@@ -135,6 +135,11 @@ impl Roster {
 
     pub fn len(&self) -> usize {
         self.members.len()
+    }
+
+    /// How many node ids the roster revokes.
+    pub fn revoked_len(&self) -> usize {
+        self.revoked.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -39,8 +39,8 @@ pub enum ServiceError {
     },
     #[error("{dir} has no store yet: run `init --unit CODE --name NAME` first")]
     NotInitialised { dir: String },
-    #[error("cannot create {dir}: {source}")]
-    CreateDir { dir: String, source: std::io::Error },
+    #[error("cannot create {dir}: {reason}")]
+    CreateDir { dir: String, reason: std::io::Error },
     #[error("the store's unit {0:?} is not in the national list")]
     StoreUnit(String),
     #[error("{dir} holds a {found}'s data, not a {expected}'s: use cabinet-{found} for it")]
@@ -54,10 +54,10 @@ pub enum ServiceError {
          its own --data directory)"
     )]
     InUse { dir: String },
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}: {reason}")]
     Lock {
         path: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -135,9 +135,9 @@ impl DataDir {
                 name: store.info().name.clone(),
             });
         }
-        std::fs::create_dir_all(&self.path).map_err(|source| ServiceError::CreateDir {
+        std::fs::create_dir_all(&self.path).map_err(|reason| ServiceError::CreateDir {
             dir: self.path.display().to_string(),
-            source,
+            reason,
         })?;
         identity::load_or_create(&self.path)?;
         let name = if name.trim().is_empty() {
@@ -154,9 +154,9 @@ impl DataDir {
     /// key answering twice, two writers of one store) is refused while this is held.
     pub fn lock_for_serving(&self) -> Result<ServeLock, ServiceError> {
         let path = self.path.join("serve.lock");
-        let lock_err = |source| ServiceError::Lock {
+        let lock_err = |reason| ServiceError::Lock {
             path: path.display().to_string(),
-            source,
+            reason,
         };
         let file = std::fs::File::options()
             .create(true)
@@ -213,10 +213,12 @@ pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
             s.peers()?,
         )
     };
+    let trust = net.trust();
     let peers: Vec<Json> = net
         .status()
         .into_iter()
         .map(|p| {
+            let revoked = trust.is_revoked(&p.id);
             let stored = records.iter().find(|(id, _)| *id == p.id).map(|(_, r)| r);
             let tier = p
                 .unit
@@ -228,6 +230,7 @@ pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
                 "unit": p.unit,
                 "tier": tier,
                 "role": p.role,
+                "revoked": revoked,
                 "connected": p.connected,
                 "last_sync": p.last_sync.or_else(|| stored.and_then(|r| r.last_sync.clone())),
                 "pending_out": p.pending_out,
@@ -237,8 +240,7 @@ pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
             })
         })
         .collect();
-    let rosters: Vec<Json> = net
-        .trust()
+    let rosters: Vec<Json> = trust
         .signed()
         .map(|r| {
             json!({
@@ -247,6 +249,7 @@ pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
                 "version": r.version,
                 "issued_at": r.issued_at,
                 "members": r.roster.len(),
+                "revoked": r.roster.revoked_len(),
             })
         })
         .collect();

@@ -42,10 +42,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("record {0} not found")]
     NotFound(DocId),
-    #[error("record {id} is stored but cannot be loaded: {source}")]
+    #[error("record {id} is stored but cannot be loaded: {reason}")]
     Corrupt {
         id: DocId,
-        source: Box<automerge::AutomergeError>,
+        reason: Box<automerge::AutomergeError>,
     },
     #[error(transparent)]
     Model(Box<ModelError>),
@@ -443,9 +443,9 @@ impl Store {
         let Some(snapshot) = snapshot else {
             return Ok(None);
         };
-        let corrupt = |source| StoreError::Corrupt {
+        let corrupt = |reason| StoreError::Corrupt {
             id: id.clone(),
-            source: Box::new(source),
+            reason: Box::new(reason),
         };
         let mut doc = Automerge::load(&snapshot)
             .map_err(corrupt)?
@@ -512,9 +512,9 @@ impl Store {
             && self.others_wrote_before_batch
             && let Some(mut stored) = self.load(id)?
         {
-            stored.merge(doc).map_err(|source| StoreError::Corrupt {
+            stored.merge(doc).map_err(|reason| StoreError::Corrupt {
                 id: id.clone(),
-                source: Box::new(source),
+                reason: Box::new(reason),
             })?;
             *doc = stored;
         }

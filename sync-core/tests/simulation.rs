@@ -222,6 +222,43 @@ impl World {
         self.log(|| format!("restart {}", self.sites[site].name));
     }
 
+    /// The site's store is restored onto a new store (a new epoch) holding the same
+    /// records: its peers' cursors for it mean nothing any more, and it holds none for
+    /// them, so every link reconciles catalogs when it comes back.
+    fn recreate(&mut self, site: usize) {
+        for l in 0..self.links.len() {
+            if self.links[l].first == site || self.links[l].second == site {
+                self.cut(l, Some(site));
+            }
+        }
+        let old = &mut self.sites[site];
+        let path = old
+            .path
+            .with_extension(format!("{}.db", self.stats.restarts + 1));
+        let mut fresh =
+            Store::create(&path, old.member.unit.as_str(), old.name).expect("a new store");
+        let ids: Vec<DocId> = old
+            .store
+            .changed_since(0, usize::MAX >> 1)
+            .expect("scan")
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        fresh
+            .batch(|f| {
+                for id in &ids {
+                    let doc = old.store.get(id)?.expect("listed").clone();
+                    f.put(id, doc, &[])?;
+                }
+                Ok::<_, sync_core::store::StoreError>(())
+            })
+            .expect("records copied");
+        old.store = fresh;
+        old.path = path;
+        self.stats.restarts += 1;
+        self.log(|| format!("re-created {}", self.sites[site].name));
+    }
+
     /// Hands one message to the site at one end of a link; its replies go back after its
     /// transaction committed. A fault ends the connection, as it would over QUIC.
     fn deliver(&mut self, l: usize, to_first: bool, message: Message) {
@@ -305,9 +342,13 @@ impl World {
                     self.connect(l);
                 }
             }
-            94..97 => {
+            94..96 => {
                 let site = self.rng.random_range(0..self.sites.len());
                 self.restart(site);
+            }
+            96 => {
+                let site = self.rng.random_range(0..self.sites.len());
+                self.recreate(site);
             }
             _ => determinism::advance(self.rng.random_range(1..5_000_000)),
         }
