@@ -53,8 +53,9 @@ const MAX_REDIAL: Duration = Duration::from_secs(4);
 /// retrying is right, as its roster may change, but not four times a second.
 const MAX_REDIAL_REFUSED: Duration = Duration::from_secs(60);
 
-/// How long a peer found on the LAN may stay unreachable before we stop dialling it.
-const FORGET_LAN_PEER: Duration = Duration::from_secs(600);
+/// How long a peer found on the LAN may stay unreachable before we dial it only as often
+/// as a peer that refuses us.
+const QUIET_LAN_PEER: Duration = Duration::from_secs(600);
 
 /// How long a write may wait for the peer to take it.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -413,6 +414,15 @@ async fn mdns_loop(shared: Arc<Shared>, mdns: MdnsAddressLookup) {
                 None => return,
             },
             _ = rosters.changed() => {
+                // Forget the dialling of peers the new roster no longer admits, then dial
+                // those it admits now.
+                lock(&shared.discovered).retain(|key, stop| {
+                    let keep = admission(&shared, key).is_ok_and(|m| m.is_some());
+                    if !keep {
+                        stop.cancel();
+                    }
+                    keep
+                });
                 for (id, addrs) in &seen {
                     dial_discovered(&shared, *id, addrs);
                 }
@@ -473,13 +483,15 @@ async fn dial_loop(
     let found_on_lan = !shared.configured.contains_key(&key);
     let mut last_reached = tokio::time::Instant::now();
     while !stop.is_cancelled() {
-        if found_on_lan
-            && (admission(&shared, &key).is_err() || last_reached.elapsed() > FORGET_LAN_PEER)
-        {
-            // No longer admitted (revoked), or gone from the LAN without our hearing of
-            // it: stop dialling; mDNS announces it again if it comes back.
-            lock(&shared.discovered).remove(&key);
+        if found_on_lan && admission(&shared, &key).is_err() {
+            // No longer admitted (revoked): `mdns_loop` forgets it when it sees the new
+            // roster, and dials it again if a later roster admits it.
             return;
+        }
+        if found_on_lan && last_reached.elapsed() > QUIET_LAN_PEER {
+            // Unreachable for long (gone from the LAN without our hearing of it): keep
+            // trying, but only as often as a peer that refuses us.
+            limit = MAX_REDIAL_REFUSED;
         }
         let connected = lock(&shared.status).get(&key).is_some_and(|s| s.connected);
         if connected {

@@ -366,9 +366,10 @@ impl Trust {
     }
 
     /// Revoked by the roster file, or by a signed roster whose issuer the node belongs
-    /// under: an issuer revokes only in its own subtree, so a province cannot revoke
-    /// the national relay, nor one province another's nodes. A node no roster lists is
-    /// refused anyway.
+    /// under: an issuer revokes only in its own subtree, so a province cannot revoke a
+    /// relay or node that a roster lists under another branch. A node no roster lists
+    /// (a peer the operator configured) has no known place in the tree: any trusted
+    /// issuer's revocation applies to it.
     pub fn is_revoked(&self, id: &str) -> bool {
         if self.file.is_revoked(id) {
             return true;

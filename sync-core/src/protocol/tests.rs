@@ -643,12 +643,12 @@ fn a_node_does_not_pass_on_another_units_record_to_a_peer_that_lacks_it() {
     };
     b.inbox.clear();
     let mut c = side("c", member("18409", Role::Node), "b");
-    let bytes_before = b.session.stats().messages_out;
+    let messages_before = b.session.stats().messages_out;
     run(&mut b, &mut c);
     assert!(!c.store.contains(&id).unwrap());
     assert_eq!(c.session.stats().changes_refused, 0);
     assert!(b.session.is_idle() && c.session.is_idle());
-    assert!(b.session.stats().messages_out - bytes_before < 6);
+    assert!(b.session.stats().messages_out - messages_before < 6);
 }
 
 #[test]
