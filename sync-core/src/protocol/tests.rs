@@ -616,12 +616,8 @@ fn a_node_cannot_plant_a_record_in_another_units_name() {
     assert!(!r.store.contains(&forged).unwrap());
     assert!(r.session.stats().changes_refused > 0);
 
-    let mut b = Side {
-        session: Session::new(member(B, Role::Node), "a".into(), None),
-        ..b
-    };
+    restart_session(&mut b, member(B, Role::Node), "a");
     b.session.send_foreign_records();
-    b.inbox.clear();
     let mut a = side("a", member(A, Role::Node), "b");
     run(&mut b, &mut a);
     assert!(!a.store.contains(&forged).unwrap());
@@ -637,11 +633,7 @@ fn a_node_does_not_pass_on_another_units_record_to_a_peer_that_lacks_it() {
     let mut b = side("b", member(B, Role::Node), "a");
     let id = create(&mut a.store, &header(A, &[A, B, "18409"]), "cho ba xã");
     run(&mut a, &mut b);
-    let mut b = Side {
-        session: Session::new(member(B, Role::Node), "c".into(), None),
-        ..b
-    };
-    b.inbox.clear();
+    restart_session(&mut b, member(B, Role::Node), "c");
     let mut c = side("c", member("18409", Role::Node), "b");
     let messages_before = b.session.stats().messages_out;
     run(&mut b, &mut c);
@@ -661,11 +653,7 @@ fn peers_that_meet_for_the_first_time_send_only_what_differs() {
         .map(|i| create(&mut a.store, &header(A, &[A, B]), &format!("văn bản {i}")))
         .collect();
     run(&mut a, &mut r);
-    let mut r = Side {
-        session: Session::new(member(CLUSTER, Role::Relay), "b".into(), None),
-        ..r
-    };
-    r.inbox.clear();
+    restart_session(&mut r, member(CLUSTER, Role::Relay), "b");
     let mut b = side("b", member(B, Role::Node), "r");
     run(&mut r, &mut b);
     assert_eq!(b.store.count().unwrap(), 400);
