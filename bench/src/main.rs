@@ -179,63 +179,19 @@ fn member(unit: &str) -> Member {
 /// Two nodes on loopback: A applies the trace, B receives it.
 async fn cabinet(trace: &Trace, batch: usize) -> anyhow::Result<CabinetRun> {
     let dir = tempfile::tempdir()?;
-    let store_a = service::share(Store::create(&dir.path().join("a.db"), "18562", "A")?);
-    let store_b = service::share(Store::create(&dir.path().join("b.db"), "18568", "B")?);
-    let (key_a, key_b) = (iroh::SecretKey::generate(), iroh::SecretKey::generate());
-    let roster = Roster::parse(&format!(
-        "[[member]]\nid = \"{}\"\nunit = \"18562\"\nrole = \"node\"\n\
-         [[member]]\nid = \"{}\"\nunit = \"18568\"\nrole = \"node\"\n",
-        key_a.public(),
-        key_b.public()
-    ))
-    .map_err(anyhow::Error::msg)?;
-    let id_a = key_a.public();
-    let net_a = Net::start(
-        key_a,
-        store_a.clone(),
-        NetConfig {
-            listen: "127.0.0.1:0".parse()?,
-            me: member("18562"),
-            dial: vec![],
-            roster: roster.clone(),
-            roster_keys: vec![],
-            mdns: false,
-        },
-    )
-    .await?;
-    let addr_a = net_a.bound_sockets()[0];
-    let net_b = Net::start(
-        key_b,
-        store_b.clone(),
-        NetConfig {
-            listen: "127.0.0.1:0".parse()?,
-            me: member("18568"),
-            dial: vec![(
-                PeerAddr {
-                    id: id_a,
-                    addr: addr_a,
-                },
-                Role::Node,
-            )],
-            roster,
-            roster_keys: vec![],
-            mdns: false,
-        },
-    )
-    .await?;
+    let (a, b, roster) = two_nodes(dir.path())?;
+    let net_a = start_net(&a, None, &roster).await?;
+    let addr_a = PeerAddr {
+        id: net_a.id(),
+        addr: net_a.bound_sockets()[0],
+    };
+    let net_b = start_net(&b, Some(addr_a), &roster).await?;
+    let (store_a, store_b) = (a.store, b.store);
 
     let started = Instant::now();
     let id = DocId::new();
-    let header = Header {
-        kind: Kind::Document,
-        unit: "18562".into(),
-        audience: vec!["18562".into(), "18568".into()],
-        created_by: "bench".into(),
-        created_at: model::now_vietnam(),
-        confidential: false,
-    };
     let doc = model::create_document(
-        &header,
+        &shared_header(),
         &DocumentPatch {
             body: Some(trace.start.clone()),
             ..Default::default()
@@ -319,6 +275,62 @@ struct Peer {
     unit: &'static str,
 }
 
+/// Node A of Xã Thạch Hà and node B of Xã Lộc Hà, each with a fresh store under `dir`,
+/// and the roster that lists them.
+fn two_nodes(dir: &std::path::Path) -> anyhow::Result<(Peer, Peer, Roster)> {
+    let a = Peer {
+        key: iroh::SecretKey::generate(),
+        store: service::share(Store::create(&dir.join("a.db"), "18562", "A")?),
+        unit: "18562",
+    };
+    let b = Peer {
+        key: iroh::SecretKey::generate(),
+        store: service::share(Store::create(&dir.join("b.db"), "18568", "B")?),
+        unit: "18568",
+    };
+    let roster = Roster::parse(&format!(
+        "[[member]]\nid = \"{}\"\nunit = \"18562\"\nrole = \"node\"\n\
+         [[member]]\nid = \"{}\"\nunit = \"18568\"\nrole = \"node\"\n",
+        a.key.public(),
+        b.key.public()
+    ))
+    .map_err(anyhow::Error::msg)?;
+    Ok((a, b, roster))
+}
+
+/// The header of a document A owns and shares with B.
+fn shared_header() -> Header {
+    Header {
+        kind: Kind::Document,
+        unit: "18562".into(),
+        audience: vec!["18562".into(), "18568".into()],
+        created_by: "bench".into(),
+        created_at: model::now_vietnam(),
+        confidential: false,
+    }
+}
+
+/// Gives each of `ids` a new subject on `store`; returns their heads afterwards.
+fn change_subjects(
+    store: &SharedStore,
+    ids: &[DocId],
+    subject: &str,
+) -> anyhow::Result<Vec<(DocId, Vec<automerge::ChangeHash>)>> {
+    let mut store = service::lock(store);
+    ids.iter()
+        .enumerate()
+        .map(|(n, id)| {
+            let patch = DocumentPatch {
+                subject: Some(format!("{subject} {n}")),
+                ..Default::default()
+            };
+            store.modify(id, |d| model::update_document(d, &patch))?;
+            let heads = store.get(id)?.map(|d| d.get_heads()).unwrap_or_default();
+            Ok((id.clone(), heads))
+        })
+        .collect()
+}
+
 async fn start_net(peer: &Peer, dial: Option<PeerAddr>, roster: &Roster) -> anyhow::Result<Net> {
     Ok(Net::start(
         peer.key.clone(),
@@ -388,31 +400,8 @@ async fn reconnect(
     bodies: &[String],
 ) -> anyhow::Result<ReconnectRun> {
     let dir = tempfile::tempdir()?;
-    let a = Peer {
-        key: iroh::SecretKey::generate(),
-        store: service::share(Store::create(&dir.path().join("a.db"), "18562", "A")?),
-        unit: "18562",
-    };
-    let mut b = Peer {
-        key: iroh::SecretKey::generate(),
-        store: service::share(Store::create(&dir.path().join("b.db"), "18568", "B")?),
-        unit: "18568",
-    };
-    let roster = Roster::parse(&format!(
-        "[[member]]\nid = \"{}\"\nunit = \"18562\"\nrole = \"node\"\n\
-         [[member]]\nid = \"{}\"\nunit = \"18568\"\nrole = \"node\"\n",
-        a.key.public(),
-        b.key.public()
-    ))
-    .map_err(anyhow::Error::msg)?;
-    let header = Header {
-        kind: Kind::Document,
-        unit: "18562".into(),
-        audience: vec!["18562".into(), "18568".into()],
-        created_by: "bench".into(),
-        created_at: model::now_vietnam(),
-        confidential: false,
-    };
+    let (a, mut b, roster) = two_nodes(dir.path())?;
+    let header = shared_header();
     let mut ids = Vec::with_capacity(documents);
     let mut content_bytes = 0u64;
     {
@@ -450,28 +439,7 @@ async fn reconnect(
         .take(changed)
         .cloned()
         .collect();
-    for (n, id) in touched.iter().enumerate() {
-        service::lock(&a.store).modify(id, |d| {
-            model::update_document(
-                d,
-                &DocumentPatch {
-                    subject: Some(format!("Văn bản đã sửa {n}")),
-                    ..Default::default()
-                },
-            )
-        })?;
-    }
-    let heads_of =
-        |store: &SharedStore, id: &DocId| -> anyhow::Result<Vec<automerge::ChangeHash>> {
-            Ok(service::lock(store)
-                .get(id)?
-                .map(|d| d.get_heads())
-                .unwrap_or_default())
-        };
-    let wanted: Vec<_> = touched
-        .iter()
-        .map(|id| Ok((id.clone(), heads_of(&a.store, id)?)))
-        .collect::<anyhow::Result<_>>()?;
+    let wanted = change_subjects(&a.store, &touched, "Văn bản đã sửa")?;
     let caught_up = |wanted: Vec<(DocId, Vec<automerge::ChangeHash>)>| {
         move |s: &mut Store| -> anyhow::Result<bool> {
             for (id, heads) in &wanted {
@@ -483,7 +451,7 @@ async fn reconnect(
             Ok(true)
         }
     };
-    let reconnect = sync_until(&net_a, &b, &roster, caught_up(wanted.clone())).await?;
+    let reconnect = sync_until(&net_a, &b, &roster, caught_up(wanted)).await?;
 
     // B's disk is replaced: same key, an empty store.
     b.store = service::share(Store::create(&dir.path().join("b-wiped.db"), "18568", "B")?);
@@ -496,8 +464,7 @@ async fn reconnect(
     {
         let mut from = service::lock(&b.store);
         let mut to = service::lock(&recreated);
-        let all: Vec<DocId> = ids.clone();
-        for chunk in all.chunks(500) {
+        for chunk in ids.chunks(500) {
             to.batch(|t| {
                 for id in chunk {
                     if let Some(doc) = from.get(id)? {
@@ -509,21 +476,7 @@ async fn reconnect(
         }
     }
     b.store = recreated;
-    for (n, id) in touched.iter().enumerate() {
-        service::lock(&a.store).modify(id, |d| {
-            model::update_document(
-                d,
-                &DocumentPatch {
-                    subject: Some(format!("Văn bản sửa lần hai {n}")),
-                    ..Default::default()
-                },
-            )
-        })?;
-    }
-    let wanted: Vec<_> = touched
-        .iter()
-        .map(|id| Ok((id.clone(), heads_of(&a.store, id)?)))
-        .collect::<anyhow::Result<_>>()?;
+    let wanted = change_subjects(&a.store, &touched, "Văn bản sửa lần hai")?;
     let recreated = sync_until(&net_a, &b, &roster, caught_up(wanted)).await?;
     net_a.shutdown().await;
     Ok(ReconnectRun {
