@@ -379,9 +379,14 @@ impl Drop for Process {
     }
 }
 
-/// Writes a roster listing `members` as (process, unit, role) and returns its path.
-pub fn roster(root: &Path, name: &str, members: &[(&Process, &str)]) -> PathBuf {
+/// A roster in the contract's format listing `members` as (process, unit), each with its
+/// process's role, and revoking `revoked` (the list comes first, as TOML needs).
+pub fn roster_text(members: &[(&Process, &str)], revoked: &[&Process]) -> String {
     let mut text = String::new();
+    if !revoked.is_empty() {
+        let ids: Vec<String> = revoked.iter().map(|p| format!("\"{}\"", p.id)).collect();
+        text.push_str(&format!("revoked = [{}]\n\n", ids.join(", ")));
+    }
     for (p, unit) in members {
         let role = match p.kind {
             Kind::Node => "node",
@@ -392,8 +397,13 @@ pub fn roster(root: &Path, name: &str, members: &[(&Process, &str)]) -> PathBuf 
             p.id
         ));
     }
+    text
+}
+
+/// Writes a roster listing `members` as (process, unit) and returns its path.
+pub fn roster(root: &Path, name: &str, members: &[(&Process, &str)]) -> PathBuf {
     let path = root.join(name);
-    std::fs::write(&path, text).expect("roster written");
+    std::fs::write(&path, roster_text(members, &[])).expect("roster written");
     path
 }
 
