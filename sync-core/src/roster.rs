@@ -48,8 +48,8 @@ pub enum RosterError {
     UntrustedIssuer(String),
     #[error("the roster's signature does not verify")]
     BadSignature,
-    #[error("roster entry {id}: {message}")]
-    BadEntry { id: String, message: String },
+    #[error("a roster entry is not valid: {0}")]
+    BadEntry(String),
     #[error("unit {unit} lies outside {issuer}, the subtree of the roster's issuer")]
     OutsideSubtree { unit: String, issuer: String },
     #[error("the roster lists {0} entries, more than the {MAX_ENTRIES} allowed")]
@@ -288,12 +288,8 @@ impl SignedRoster {
                 body.members.len() + body.revoked.len(),
             ));
         }
-        let roster = Roster::from_entries(body.members, body.revoked).map_err(|message| {
-            RosterError::BadEntry {
-                id: String::new(),
-                message,
-            }
-        })?;
+        let roster =
+            Roster::from_entries(body.members, body.revoked).map_err(RosterError::BadEntry)?;
         check_subtree(&roster, &unit)?;
         Ok(SignedRoster {
             issuer,
@@ -322,10 +318,6 @@ impl Trust {
             file,
             signed: BTreeMap::new(),
         }
-    }
-
-    pub fn anchors(&self) -> &[EndpointId] {
-        &self.anchors
     }
 
     /// Takes a signed roster if it verifies and is newer than the one held from its
