@@ -280,8 +280,8 @@ impl Net {
     }
 
     /// The signed rosters held, and the roster file.
-    pub fn trust(&self) -> Trust {
-        lock(&self.shared.trust).clone()
+    pub fn with_trust<R>(&self, f: impl FnOnce(&Trust) -> R) -> R {
+        f(&lock(&self.shared.trust))
     }
 
     /// Ends every session (each saves its sync states and closes its connection with a

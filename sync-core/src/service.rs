@@ -213,12 +213,28 @@ pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
             s.peers()?,
         )
     };
-    let trust = net.trust();
-    let peers: Vec<Json> = net
-        .status()
+    let status = net.status();
+    let (revoked, rosters): (Vec<bool>, Vec<Json>) = net.with_trust(|trust| {
+        let revoked = status.iter().map(|p| trust.is_revoked(&p.id)).collect();
+        let rosters = trust
+            .signed()
+            .map(|r| {
+                json!({
+                    "issuer": r.issuer.to_string(),
+                    "unit": r.unit.to_string(),
+                    "version": r.version,
+                    "issued_at": r.issued_at,
+                    "members": r.roster.len(),
+                    "revoked": r.roster.revoked_len(),
+                })
+            })
+            .collect();
+        (revoked, rosters)
+    });
+    let peers: Vec<Json> = status
         .into_iter()
-        .map(|p| {
-            let revoked = trust.is_revoked(&p.id);
+        .zip(revoked)
+        .map(|(p, revoked)| {
             let stored = records.iter().find(|(id, _)| *id == p.id).map(|(_, r)| r);
             let tier = p
                 .unit
@@ -237,19 +253,6 @@ pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
                 "pending_in": p.pending_in,
                 "bytes_in": p.bytes_in,
                 "bytes_out": p.bytes_out,
-            })
-        })
-        .collect();
-    let rosters: Vec<Json> = trust
-        .signed()
-        .map(|r| {
-            json!({
-                "issuer": r.issuer.to_string(),
-                "unit": r.unit.to_string(),
-                "version": r.version,
-                "issued_at": r.issued_at,
-                "members": r.roster.len(),
-                "revoked": r.roster.revoked_len(),
             })
         })
         .collect();
