@@ -712,12 +712,11 @@ impl Session {
         let existed = before_header.is_some();
         if let Some(header) = &before_header
             && self.holds_back_foreign
-            && self.me.role == Role::Node
-            && header.unit != self.me.unit.as_str()
             && message.heads.is_empty()
+            && policy::may_accept(&peer, &self.me, None, header).is_err()
         {
-            // The peer holds none of another unit's record: it takes such a record only
-            // from its owner's nodes or a relay, so nothing is sent, and the record is
+            // The peer holds none of the record and would refuse it from us as a new one
+            // (another unit's record, from a node): nothing is sent, and the record is
             // not owed to it from here.
             store.untake(id.clone(), doc);
             self.states.pop(&id);
