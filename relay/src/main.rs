@@ -449,10 +449,11 @@ async fn status_page(State(s): State<AppState>) -> Result<Html<String>, Response
         .flatten()
         .map(|r| {
             html_escape(&format!(
-                "{} v{} ({} members, {})",
+                "{} v{} ({} members, {} revoked, {})",
                 r["unit"].as_str().unwrap_or("?"),
                 r["version"],
                 r["members"],
+                r["revoked"],
                 r["issued_at"].as_str().unwrap_or("?"),
             ))
         })
