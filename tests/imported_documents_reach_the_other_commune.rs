@@ -53,7 +53,12 @@ fn imported_documents_reach_the_other_commune_through_the_relay() {
     for doc in &on_a {
         let id = doc["id"].as_str().unwrap();
         let on_b = sites.b.get(&format!("/api/v1/documents/{id}"));
-        assert_eq!(&on_b, doc, "document {id} differs between A and B");
+        let on_a = sites.a.get(&format!("/api/v1/documents/{id}"));
+        assert_eq!(on_b, on_a, "document {id} differs between A and B");
+        assert_eq!(
+            on_a["body"], doc["body"],
+            "the listing shows what GET shows"
+        );
         let on_r = sites.r.get(&format!("/api/v1/documents/{id}"));
         assert_eq!(on_r["heads"], doc["heads"]);
         assert_eq!(on_r["audience"], serde_json::json!([UNIT_A, UNIT_B]));

@@ -4,7 +4,9 @@
 //! error is a 4xx or 5xx status with `{ "error": "…" }` that says what to do.
 //!
 //! Until the first user exists the node is in setup mode: it answers requests from this
-//! machine (loopback) only, without credentials.
+//! machine (loopback) only, without credentials. Once a user exists, every request but
+//! sign-in, the status and the web UI's page carries `Authorization: Bearer TOKEN` from
+//! `POST /api/v1/login`, from the LAN or from this machine alike.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +16,8 @@ use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value as JsonValue, json};
@@ -24,6 +26,9 @@ use sync_core::net::{Net, SharedStore};
 use sync_core::service;
 use sync_core::store::{Store, StoreError};
 use sync_core::units::UnitCode;
+use sync_core::users::{Actor, Directory, UserError};
+
+use crate::office::{self, Office};
 
 /// The most records one listing page returns.
 const MAX_PAGE: usize = 10_000;
@@ -35,6 +40,9 @@ const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub struct AppState {
     pub store: SharedStore,
     pub net: Arc<Net>,
+    /// The node's users and sign-in tokens.
+    pub users: Arc<std::sync::Mutex<Directory>>,
+    pub office: Arc<Office>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -55,24 +63,38 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/documents/{id}/annotations",
             get(list_annotations).post(create_annotation),
         )
+        .route("/api/v1/documents/{id}/actions", post(office::act))
+        .route("/api/v1/documents/{id}/signatures", get(office::signatures))
+        .route("/api/v1/registers", get(office::list_registers))
+        .route(
+            "/api/v1/registers/{series}/{year}",
+            get(office::show_register),
+        )
+        .route(
+            "/api/v1/registers/{series}/{year}/close",
+            post(office::close_register),
+        )
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/logout", post(logout))
+        .route("/api/v1/me", get(me))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(same_origin))
-        .layer(middleware::from_fn(setup_mode))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::map_response(errors_as_json))
         .with_state(state)
 }
 
 /// An error as the API reports it.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError(StatusCode::BAD_REQUEST, message.into())
     }
 
-    fn not_found(id: &str) -> ApiError {
+    pub fn not_found(id: &str) -> ApiError {
         ApiError(
             StatusCode::NOT_FOUND,
             format!("no document with id {id} on this node"),
@@ -105,25 +127,155 @@ impl From<model::ModelError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> ApiError {
+        match e {
+            UserError::WrongPassword => ApiError(StatusCode::UNAUTHORIZED, e.to_string()),
+            UserError::Sql(_) | UserError::Damaged(..) | UserError::Hash(_) => {
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+            other => ApiError::bad_request(other.to_string()),
+        }
+    }
+}
 
-async fn setup_mode(
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Paths anyone on the LAN may use without signing in.
+fn is_open(method: &Method, path: &str) -> bool {
+    matches!(
+        (method, path),
+        (&Method::GET, "/") | (&Method::GET, "/api/v1/status") | (&Method::POST, "/api/v1/login")
+    )
+}
+
+fn bearer(request: &Request) -> Option<String> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+/// Setup mode (no user yet): this machine only, without credentials. Otherwise: a valid
+/// token, whose user the handlers find in the request's extensions.
+async fn authenticate(
+    State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    // No users exist yet (sign-in arrives with user management), so only this machine
-    // may use the node.
-    if !peer.ip().is_loopback() {
-        return ApiError(
-            StatusCode::FORBIDDEN,
-            "this node is in setup mode and answers only requests from the machine it runs \
-             on; create the first user with `cabinet-node user add` to open it to the LAN"
-                .into(),
-        )
-        .into_response();
+    let users = state.users.clone();
+    let token = bearer(&request);
+    let checked = tokio::task::spawn_blocking(move || {
+        let dir = users.lock().unwrap_or_else(|p| p.into_inner());
+        let setup = dir.is_empty()?;
+        let actor = match (&token, setup) {
+            (Some(t), false) => dir.authenticate(t)?,
+            _ => None,
+        };
+        Ok::<_, UserError>((setup, actor))
+    })
+    .await;
+    let (setup, actor) = match checked {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            return ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+        }
+    };
+    if setup {
+        if !peer.ip().is_loopback() {
+            return ApiError(
+                StatusCode::FORBIDDEN,
+                "this node is in setup mode and answers only requests from the machine it \
+                 runs on; create the first user with `cabinet-node user add` to open it to \
+                 the LAN"
+                    .into(),
+            )
+            .into_response();
+        }
+        return next.run(request).await;
+    }
+    match actor {
+        Some(actor) => {
+            request.extensions_mut().insert(Arc::new(actor));
+        }
+        None if is_open(request.method(), request.uri().path()) => {}
+        None => {
+            let message = if bearer(&request).is_some() {
+                "the sign-in token is not valid (it expired, or the user signed out): sign \
+                 in again with POST /api/v1/login"
+            } else {
+                "sign in first: POST /api/v1/login {\"user\", \"password\"} gives a token \
+                 to send as Authorization: Bearer TOKEN"
+            };
+            let mut response = ApiError(StatusCode::UNAUTHORIZED, message.into()).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
     }
     next.run(request).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+async fn login(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<JsonValue>> {
+    let login: Login = parse_body(&body)?;
+    let users = state.users.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let dir = users.lock().unwrap_or_else(|p| p.into_inner());
+        dir.login(&login.user, &login.password)
+            .map_err(|e| (login.user.chars().take(64).collect::<String>(), e))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match result {
+        Ok((token, actor)) => {
+            tracing::info!(user = %actor.user.name, "signed in");
+            Ok(Json(json!({
+                "token": token,
+                "user": actor.user,
+                "expires_in": sync_core::users::TOKEN_LIFETIME.as_secs(),
+            })))
+        }
+        Err((user, e)) => {
+            tracing::warn!(%user, reason = %e, "sign-in refused");
+            Err(e.into())
+        }
+    }
+}
+
+async fn logout(State(state): State<AppState>, request: Request) -> ApiResult<StatusCode> {
+    if let Some(token) = bearer(&request) {
+        let users = state.users.clone();
+        tokio::task::spawn_blocking(move || {
+            users
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .logout(&token)
+        })
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(actor: Option<Extension<Arc<Actor>>>) -> ApiResult<Json<JsonValue>> {
+    let actor = office::signed_in(actor)?;
+    Ok(Json(json!({ "user": actor.user })))
 }
 
 /// Refuses what a web page elsewhere could make the clerk's browser send. The node trusts
@@ -232,7 +384,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Runs store work off the async threads, under the store lock.
-async fn with_store<R: Send + 'static>(
+pub async fn with_store<R: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&mut Store) -> ApiResult<R> + Send + 'static,
 ) -> ApiResult<R> {
@@ -245,7 +397,7 @@ async fn with_store<R: Send + 'static>(
 /// Parses a JSON object body with errors that name the problem (unknown field, wrong
 /// type). Only an object is taken: serde would otherwise fill a struct from an array by
 /// position.
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     let value: JsonValue = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     if !value.is_object() {
@@ -257,7 +409,7 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-fn parse_id(id: &str) -> ApiResult<DocId> {
+pub fn parse_id(id: &str) -> ApiResult<DocId> {
     DocId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
@@ -268,15 +420,18 @@ fn validate_audience(codes: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
-/// The document with `id`, as JSON; annotations and missing ids are both "not found".
-fn document_json(store: &mut Store, id: &DocId) -> ApiResult<JsonValue> {
+/// The document with `id`, as JSON with its signatures checked (see
+/// `office::enrich`); other records and missing ids are both "not found".
+pub fn document_json(store: &mut Store, id: &DocId) -> ApiResult<JsonValue> {
     let doc = store
         .get(id)?
         .ok_or_else(|| ApiError::not_found(id.as_str()))?;
     if model::read_header(doc)?.kind != Kind::Document {
         return Err(ApiError::not_found(id.as_str()));
     }
-    Ok(model::to_json(id, doc)?)
+    let mut value = model::to_json(id, doc)?;
+    office::enrich(store, id, &mut value)?;
+    Ok(value)
 }
 
 async fn index() -> Html<&'static str> {
@@ -442,6 +597,7 @@ async fn delete_document(
 async fn create_annotation(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    actor: Option<Extension<Arc<Actor>>>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<JsonValue>)> {
     let target_id = parse_id(&id)?;
@@ -450,10 +606,10 @@ async fn create_annotation(
         return Err(ApiError::bad_request("an annotation needs some text"));
     }
     let creator = state.net.id().to_string();
-    // TODO: the author should be the signed-in user once users exist; until then it is
-    // the node, which is all the API can vouch for.
+    // The signed-in user; in setup mode only the node can be vouched for.
+    let author = actor.map_or_else(|| creator.clone(), |Extension(a)| a.user.name.clone());
     let input = NewAnnotation {
-        author: Some(creator.clone()),
+        author: Some(author),
         ..input
     };
     let value = with_store(&state, move |s| {

@@ -3,6 +3,7 @@
 //! can reach them.
 
 mod api;
+mod office;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use sync_core::roster::Roster;
 use sync_core::service::{self, DataDir};
 use sync_core::store::Store;
 use sync_core::units::UnitCode;
+use sync_core::users::{Directory, UserRole};
 use tracing::info;
 
 /// The unit a node serves when `serve` finds an empty data directory.
@@ -73,6 +75,16 @@ enum Command {
         /// Loaded documents kept in memory.
         #[arg(long, default_value_t = sync_core::store::DEFAULT_CACHE_DOCUMENTS)]
         cache_documents: usize,
+        /// This node is the unit's registrar: it gives the numbers of the unit's
+        /// registers and receives documents dispatched to the unit. Exactly one node of a
+        /// unit should be; on any other, a number request waits for the registrar.
+        #[arg(long)]
+        registrar: bool,
+    },
+    /// Manage the people who use this node.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// Import official documents from Markdown or text files.
     Import {
@@ -83,6 +95,26 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from standard input (one line).
+    Add {
+        /// The sign-in name, such as nguyen.van.a.
+        name: String,
+        /// clerk (văn thư), leader (lãnh đạo) or member (chuyên viên).
+        #[arg(long)]
+        role: String,
+        /// The full name printed in signatures; defaults to the sign-in name.
+        #[arg(long, default_value = "")]
+        full_name: String,
+        /// The position printed with a signature, such as "Chủ tịch".
+        #[arg(long, default_value = "")]
+        title: String,
+    },
+    /// List the users with their roles and public keys.
+    List,
 }
 
 /// Who may sync with this process.
@@ -115,8 +147,19 @@ fn main() -> ExitCode {
             relay,
             access,
             cache_documents,
-        } => serve(&dir, http, listen, peer, relay, access, cache_documents),
+            registrar,
+        } => serve(
+            &dir,
+            http,
+            listen,
+            peer,
+            relay,
+            access,
+            cache_documents,
+            registrar,
+        ),
         Command::Import { audience, files } => import(&dir, &audience, &files),
+        Command::User { command } => user(&dir, command),
     };
     match result {
         Ok(code) => code,
@@ -158,6 +201,55 @@ fn parse_peers(list: &[String], role: Role) -> anyhow::Result<Vec<(PeerAddr, Rol
         .collect()
 }
 
+fn user(dir: &DataDir, command: UserCommand) -> anyhow::Result<ExitCode> {
+    if !dir.is_initialised() {
+        bail!(
+            "{} has no store yet: run `cabinet-node init --unit CODE` (or `serve`) first",
+            dir.path.display()
+        );
+    }
+    let users = Directory::open(&dir.store_path())?;
+    match command {
+        UserCommand::Add {
+            name,
+            role,
+            full_name,
+            title,
+        } => {
+            let role = UserRole::parse(&role)?;
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("password for {name}: ");
+            }
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let user = users.add(&name, role, &full_name, &title, password)?;
+            println!(
+                "added {} ({}), signing key {}",
+                user.name,
+                user.role.as_str(),
+                user.public_key
+            );
+        }
+        UserCommand::List => {
+            for u in users.list()? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    u.name,
+                    u.role.as_str(),
+                    u.full_name,
+                    u.title,
+                    u.public_key
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn serve(
     dir: &DataDir,
     http: SocketAddr,
@@ -166,6 +258,7 @@ fn serve(
     relays: Vec<String>,
     access: Access,
     cache_documents: usize,
+    registrar: bool,
 ) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir.path)
         .with_context(|| format!("cannot create {}", dir.path.display()))?;
@@ -179,6 +272,11 @@ fn serve(
     }
     let (mut store, key, me) = dir.open(Role::Node)?;
     store.set_cache_capacity(cache_documents);
+    let users = Directory::open(&dir.store_path())?;
+    let office = office::Office {
+        registrar,
+        org_key: ed25519_dalek::SigningKey::from_bytes(&key.to_bytes()),
+    };
     let roster = match &access.roster {
         Some(path) => Roster::load(path)?,
         None => Roster::default(),
@@ -204,11 +302,16 @@ fn serve(
             },
         )
         .await?;
-        info!(id = %net.id(), unit = %me.unit, "node started");
+        info!(id = %net.id(), unit = %me.unit, registrar, "node started");
+        if registrar {
+            tokio::spawn(office::registrar_loop(store.clone(), net.id().to_string()));
+        }
         let net = std::sync::Arc::new(net);
         let app = api::router(api::AppState {
             store: store.clone(),
             net: net.clone(),
+            users: std::sync::Arc::new(std::sync::Mutex::new(users)),
+            office: std::sync::Arc::new(office),
         });
         let listener = tokio::net::TcpListener::bind(http)
             .await

@@ -8,6 +8,10 @@
 //! - [`model`]: records (documents, annotations) as automerge documents with typed access.
 //! - [`store`]: durable SQLite storage with sequence numbers, cursors, per-peer sync
 //!   states and a bounded document cache.
+//! - [`lifecycle`]: the steps of an official document, registers and numbering, and the
+//!   exchange of documents between units.
+//! - [`signature`]: signatures over document versions, checked offline.
+//! - [`users`]: a node's users, roles, passwords and sign-in tokens.
 //! - [`policy`]: who may hold, receive and write which record.
 //! - [`roster`]: which node ids take part, with their unit and role; signed rosters.
 //! - [`protocol`]: the sync protocol as a sans-IO state machine.
@@ -24,6 +28,7 @@ pub mod determinism;
 #[cfg(feature = "net")]
 pub mod identity;
 pub mod import;
+pub mod lifecycle;
 pub mod model;
 #[cfg(feature = "net")]
 pub mod net;
@@ -33,5 +38,7 @@ pub mod protocol;
 pub mod roster;
 #[cfg(feature = "net")]
 pub mod service;
+pub mod signature;
 pub mod store;
 pub mod units;
+pub mod users;

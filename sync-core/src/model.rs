@@ -51,9 +51,6 @@ pub const DOCUMENT_FIELDS: &[&str] = &[
     "state",
 ];
 
-/// The lifecycle state of a document that nobody has moved yet.
-pub const INITIAL_STATE: &str = "draft";
-
 /// A record id: a UUID in its hyphenated lower-case form.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DocId(String);
@@ -96,6 +93,9 @@ pub enum Kind {
     Document,
     /// A note anchored to a range of a document's body.
     Annotation,
+    /// A numbering series (sổ) of one issuing body for one year, written by the unit's
+    /// registrar when it closes the year. It never leaves its unit.
+    Register,
 }
 
 impl Kind {
@@ -103,6 +103,7 @@ impl Kind {
         match self {
             Kind::Document => "document",
             Kind::Annotation => "annotation",
+            Kind::Register => "register",
         }
     }
 
@@ -110,6 +111,7 @@ impl Kind {
         match s {
             "document" => Some(Kind::Document),
             "annotation" => Some(Kind::Annotation),
+            "register" => Some(Kind::Register),
             _ => None,
         }
     }
@@ -198,7 +200,11 @@ pub struct DocumentPatch {
     pub circulation: Option<String>,
     pub drafter: Option<String>,
     pub due_date: Option<String>,
+    /// Refused in a PATCH: a state changes only through a lifecycle action.
     pub state: Option<String>,
+    /// `outgoing` (the default) or `incoming` (a document received on paper, say); set
+    /// when the document is created and never changed.
+    pub direction: Option<String>,
     pub recipients: Option<Vec<String>>,
     pub audience: Option<Vec<String>>,
     /// A whole new body, applied as the minimal text edit from the current one.
@@ -207,7 +213,7 @@ pub struct DocumentPatch {
 }
 
 impl DocumentPatch {
-    fn scalar_fields(&self) -> [(&'static str, Option<&str>); 15] {
+    fn scalar_fields(&self) -> [(&'static str, Option<&str>); 14] {
         [
             ("type", self.doc_type.as_deref()),
             ("number", self.number.as_deref()),
@@ -223,7 +229,6 @@ impl DocumentPatch {
             ("circulation", self.circulation.as_deref()),
             ("drafter", self.drafter.as_deref()),
             ("due_date", self.due_date.as_deref()),
-            ("state", self.state.as_deref()),
         ]
     }
 }
@@ -290,7 +295,7 @@ pub fn fresh_actor() -> ActorId {
     ActorId::from(determinism::random_bytes::<16>())
 }
 
-fn get_str<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<String> {
+pub(crate) fn get_str<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<String> {
     match doc.get(obj, key).ok()?? {
         (Value::Scalar(s), _) => s.as_str().map(str::to_string),
         (Value::Object(ObjType::Text), id) => doc.text(&id).ok(),
@@ -298,7 +303,7 @@ fn get_str<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<String
     }
 }
 
-fn get_bool<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<bool> {
+pub(crate) fn get_bool<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<bool> {
     match doc.get(obj, key).ok()?? {
         (Value::Scalar(s), _) => match s.as_ref() {
             automerge::ScalarValue::Boolean(b) => Some(*b),
@@ -308,14 +313,23 @@ fn get_bool<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<bool>
     }
 }
 
-fn get_obj<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str, ty: ObjType) -> Option<ObjId> {
+pub(crate) fn get_obj<O: AsRef<ObjId>>(
+    doc: &Automerge,
+    obj: O,
+    key: &str,
+    ty: ObjType,
+) -> Option<ObjId> {
     match doc.get(obj, key).ok()?? {
         (Value::Object(t), id) if t == ty => Some(id),
         _ => None,
     }
 }
 
-fn get_str_list<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<Vec<String>> {
+pub(crate) fn get_str_list<O: AsRef<ObjId>>(
+    doc: &Automerge,
+    obj: O,
+    key: &str,
+) -> Option<Vec<String>> {
     let list = get_obj(doc, obj, key, ObjType::List)?;
     let mut out = Vec::new();
     for i in 0..doc.length(&list) {
@@ -328,7 +342,7 @@ fn get_str_list<O: AsRef<ObjId>>(doc: &Automerge, obj: O, key: &str) -> Option<V
     Some(out)
 }
 
-fn put_str_list(
+pub(crate) fn put_str_list(
     tx: &mut Transaction<'_>,
     obj: &ObjId,
     key: &str,
@@ -362,6 +376,7 @@ pub fn read_header(doc: &Automerge) -> Result<Header, ModelError> {
             let shared = matches!(visibility.as_deref(), Some("audience" | "shared"));
             !shared || get_bool(doc, ROOT, "confidential").unwrap_or(false)
         }
+        Kind::Register => true,
     };
     Ok(Header {
         kind,
@@ -373,7 +388,7 @@ pub fn read_header(doc: &Automerge) -> Result<Header, ModelError> {
     })
 }
 
-fn write_header(tx: &mut Transaction<'_>, header: &Header) -> Result<(), ModelError> {
+pub(crate) fn write_header(tx: &mut Transaction<'_>, header: &Header) -> Result<(), ModelError> {
     let h = tx.put_object(ROOT, "header", ObjType::Map)?;
     tx.put(&h, "kind", header.kind.as_str())?;
     tx.put(&h, "unit", header.unit.as_str())?;
@@ -383,25 +398,63 @@ fn write_header(tx: &mut Transaction<'_>, header: &Header) -> Result<(), ModelEr
     Ok(())
 }
 
-fn body_obj(doc: &Automerge) -> Result<ObjId, ModelError> {
+pub(crate) fn body_obj(doc: &Automerge) -> Result<ObjId, ModelError> {
     get_obj(doc, ROOT, "body", ObjType::Text).ok_or(ModelError::BadHeader("document has no body"))
 }
 
 /// Creates a new `document` record.
 pub fn create_document(header: &Header, fields: &DocumentPatch) -> Result<Automerge, ModelError> {
+    let direction = match fields.direction.as_deref() {
+        None | Some("outgoing") => crate::lifecycle::Direction::Outgoing,
+        Some("incoming") => crate::lifecycle::Direction::Incoming,
+        Some(other) => {
+            return Err(ModelError::Invalid(format!(
+                "direction {other:?} is neither \"outgoing\" nor \"incoming\""
+            )));
+        }
+    };
     let mut doc = Automerge::new().with_actor(fresh_actor());
     let mut tx = doc.transaction();
     write_header(&mut tx, header)?;
     tx.put_object(ROOT, "body", ObjType::Text)?;
-    tx.put(ROOT, "state", INITIAL_STATE)?;
+    tx.put(ROOT, "direction", direction.as_str())?;
+    tx.put(ROOT, "state", direction.initial_state())?;
     tx.commit();
-    update_document(&mut doc, fields)?;
+    let fields = DocumentPatch {
+        direction: None,
+        ..fields.clone()
+    };
+    update_document(&mut doc, &fields)?;
     Ok(doc)
 }
 
 /// Applies a clerk's PATCH (or the fields of a new document) in one change.
 pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(), ModelError> {
     expect_kind(doc, Kind::Document)?;
+    if patch.state.is_some() {
+        return Err(ModelError::Invalid(
+            "\"state\" changes only through a lifecycle action: POST \
+             /api/v1/documents/{id}/actions (see docs/api.md)"
+                .into(),
+        ));
+    }
+    if patch.direction.is_some() {
+        return Err(ModelError::Invalid(
+            "\"direction\" is set when a document is created and never changes".into(),
+        ));
+    }
+    if let Some(state) = get_str(doc, ROOT, "state")
+        && crate::lifecycle::is_frozen(&state)
+    {
+        return Err(ModelError::Invalid(
+            "the document was recalled: it is frozen and takes no more edits".into(),
+        ));
+    }
+    if patch.number.is_some() && get_obj(doc, ROOT, "registration", ObjType::Map).is_some() {
+        return Err(ModelError::Invalid(
+            "the number was given by the register and cannot be edited".into(),
+        ));
+    }
     for (key, value) in [
         ("issued_date", &patch.issued_date),
         ("due_date", &patch.due_date),
@@ -558,7 +611,7 @@ pub fn is_deleted(doc: &Automerge) -> bool {
     get_obj(doc, ROOT, "deleted", ObjType::Map).is_some()
 }
 
-fn expect_kind(doc: &Automerge, kind: Kind) -> Result<(), ModelError> {
+pub(crate) fn expect_kind(doc: &Automerge, kind: Kind) -> Result<(), ModelError> {
     let found = read_header(doc)?.kind;
     if found != kind {
         return Err(ModelError::WrongKind {
@@ -604,7 +657,9 @@ pub fn to_json(id: &DocId, doc: &Automerge) -> Result<Json, ModelError> {
                 json!(get_str_list(doc, ROOT, "recipients").unwrap_or_default()),
             );
             obj.insert("body".into(), json!(body_text(doc)?));
+            crate::lifecycle::json_fields(&header, doc, obj);
         }
+        Kind::Register => crate::lifecycle::register_json_fields(doc, obj),
         Kind::Annotation => {
             for key in ["target", "text", "author", "visibility"] {
                 obj.insert(key.into(), json!(get_str(doc, ROOT, key)));

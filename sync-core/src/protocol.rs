@@ -745,14 +745,12 @@ impl Session {
         }
 
         if doc.get_heads() != before {
-            let verdict = self.judge(
-                store,
-                &peer,
-                &id,
-                &doc,
-                before_header.as_ref(),
-                before_target.as_ref(),
-            );
+            let held = Held {
+                heads: &before,
+                header: before_header.as_ref(),
+                target: before_target.as_ref(),
+            };
+            let verdict = self.judge(store, &peer, &id, &doc, &held);
             if let Err(reason) = verdict {
                 return self.refuse(store, id, existed, &reason, out);
             }
@@ -793,21 +791,36 @@ impl Session {
         result
     }
 
-    /// May the peer's change, which turned our copy (`before`, if we held it) into `doc`,
-    /// be kept? The policy decides on the headers; a note must also stay on its document,
-    /// and be on one the peer may see.
+    /// May the peer's change, which turned our copy (`held`) into `doc`, be kept? The
+    /// policy decides on the headers; a note must also stay on its document, and be on
+    /// one the peer may see; signatures must verify and receipts come from recipients.
     fn judge(
         &self,
         store: &Store,
         peer: &Member,
         id: &DocId,
         doc: &Automerge,
-        before: Option<&model::Header>,
-        before_target: Option<&DocId>,
+        held: &Held<'_>,
     ) -> Result<(), String> {
+        let (before, before_target) = (held.header, held.target);
         let after = model::read_header(doc).map_err(|e| e.to_string())?;
         model::to_json(id, doc).map_err(|e| e.to_string())?;
         policy::may_accept(&self.me, peer, before, &after).map_err(|r| r.to_string())?;
+        // Signatures must verify and stay, and a receipt must come from a recipient.
+        crate::lifecycle::check_received(id, doc, held.heads, |source| {
+            let json = store.stored_json(source).ok().flatten()?;
+            // Held and never dispatched: sent to nobody.
+            Some(
+                json["dispatch"]["to"]
+                    .as_array()
+                    .map(|to| {
+                        to.iter()
+                            .filter_map(|u| u.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )
+        })?;
         if after.kind == model::Kind::Annotation {
             let target = model::annotation_target(doc);
             if before.is_some() && target.as_ref() != before_target {
@@ -958,5 +971,13 @@ pub fn short(id: &str) -> &str {
 }
 
 pub mod catalog;
+/// What a store held of a record before a peer's change: its heads (none for a record
+/// new here), header and, for a note, the document it is on.
+struct Held<'a> {
+    heads: &'a [automerge::ChangeHash],
+    header: Option<&'a model::Header>,
+    target: Option<&'a DocId>,
+}
+
 #[cfg(test)]
 mod tests;

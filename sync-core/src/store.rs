@@ -134,6 +134,15 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_seq ON records(seq);
 CREATE INDEX IF NOT EXISTS records_target ON records(target) WHERE target IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_number_key ON records(json_extract(json, '$.number_key'))
+    WHERE json_extract(json, '$.number_key') IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_series ON records(json_extract(json, '$.registration.series_key'))
+    WHERE json_extract(json, '$.registration.series_key') IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_source ON records(json_extract(json, '$.source.document'))
+    WHERE json_extract(json, '$.source.document') IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_state ON records(unit, json_extract(json, '$.state'));
+CREATE INDEX IF NOT EXISTS records_dispatched ON records(json_extract(json, '$.dispatch.at'))
+    WHERE json_extract(json, '$.dispatch.at') IS NOT NULL;
 CREATE TABLE IF NOT EXISTS chunks (
     record TEXT NOT NULL,
     n INTEGER NOT NULL,
@@ -166,6 +175,16 @@ CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
     record UNINDEXED, text, tokenize = 'unicode61 remove_diacritics 2'
 );
 ";
+
+impl crate::lifecycle::Registry for Store {
+    fn is_closed(&self, key: &crate::lifecycle::SeriesKey) -> Result<bool, ModelError> {
+        Store::is_closed(self, &key.as_string()).map_err(|e| ModelError::Invalid(e.to_string()))
+    }
+
+    fn last_number(&self, key: &crate::lifecycle::SeriesKey) -> Result<u32, ModelError> {
+        Store::last_number(self, &key.as_string()).map_err(|e| ModelError::Invalid(e.to_string()))
+    }
+}
 
 impl Store {
     /// Creates a new store (or opens an existing one without changing it).
@@ -723,6 +742,151 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// The JSON kept with a record (as of its last stored change).
+    pub fn stored_json(&self, id: &DocId) -> Result<Option<Json>, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .prepare_cached("SELECT json FROM records WHERE id = ?1")?
+            .query_row([id.as_str()], |r| r.get(0))
+            .optional()?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| StoreError::BadMeta(format!("stored JSON: {e}")))
+        })
+        .transpose()
+    }
+
+    fn ids_where(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<DocId>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(args, |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(DocId::parse(&row?)?);
+        }
+        Ok(out)
+    }
+
+    /// Other documents that hold the same number as one with `number_key` (see
+    /// `lifecycle`): duplicates to show, never to merge.
+    pub fn same_number(&self, id: &DocId, number_key: &str) -> Result<Vec<DocId>, StoreError> {
+        self.ids_where(
+            "SELECT id FROM records WHERE json_extract(json, '$.number_key') = ?1
+               AND id != ?2 ORDER BY id",
+            params![number_key, id.as_str()],
+        )
+    }
+
+    /// The highest number given in a register series that this store holds, counting
+    /// deleted documents (a number is never given twice) and a closed year's last number.
+    pub fn last_number(&self, series_key: &str) -> Result<u32, StoreError> {
+        let given: Option<i64> = self.conn.prepare_cached(
+            "SELECT MAX(CAST(json_extract(json, '$.registration.number') AS INTEGER)) FROM records
+             WHERE json_extract(json, '$.registration.series_key') = ?1",
+        )?
+        .query_row([series_key], |r| r.get(0))?;
+        let closed: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT MAX(CAST(json_extract(json, '$.last_number') AS INTEGER)) FROM records
+             WHERE kind = 'register' AND json_extract(json, '$.series_key') = ?1",
+            )?
+            .query_row([series_key], |r| r.get(0))?;
+        Ok(given
+            .unwrap_or(0)
+            .max(closed.unwrap_or(0))
+            .clamp(0, u32::MAX as i64) as u32)
+    }
+
+    /// Whether the registrar closed a register series' year.
+    pub fn is_closed(&self, series_key: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM records WHERE kind = 'register'
+                   AND json_extract(json, '$.series_key') = ?1)",
+            )?
+            .query_row([series_key], |r| r.get(0))?)
+    }
+
+    /// The documents of `unit` waiting for a number from the registrar, oldest first.
+    pub fn awaiting_number(&self, unit: &str) -> Result<Vec<DocId>, StoreError> {
+        self.ids_where(
+            "SELECT id FROM records WHERE unit = ?1
+               AND json_extract(json, '$.state') = 'awaiting_number'
+             ORDER BY json_extract(json, '$.number_request.at'), id",
+            [unit],
+        )
+    }
+
+    /// Documents of other units dispatched to `unit`.
+    pub fn dispatched_to(&self, unit: &str) -> Result<Vec<DocId>, StoreError> {
+        self.ids_where(
+            "SELECT id FROM records WHERE json_extract(json, '$.dispatch.at') IS NOT NULL
+               AND unit != ?1
+               AND EXISTS (SELECT 1 FROM json_each(records.json, '$.dispatch.to') WHERE value = ?1)
+             ORDER BY id",
+            [unit],
+        )
+    }
+
+    /// The incoming documents that refer to the dispatched document `source`.
+    pub fn incoming_of(&self, source: &DocId) -> Result<Vec<Json>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT json FROM records WHERE json_extract(json, '$.source.document') = ?1
+             ORDER BY unit",
+        )?;
+        let rows = stmt.query_map([source.as_str()], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(
+                serde_json::from_str(&row?)
+                    .map_err(|e| StoreError::BadMeta(format!("stored JSON: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The entries of one register series, by number (the JSON of each numbered
+    /// document, deleted ones too, since their numbers stay given).
+    pub fn register_entries(&self, series_key: &str) -> Result<Vec<Json>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT json FROM records
+             WHERE json_extract(json, '$.registration.series_key') = ?1
+             ORDER BY CAST(json_extract(json, '$.registration.number') AS INTEGER), id",
+        )?;
+        let rows = stmt.query_map([series_key], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(
+                serde_json::from_str(&row?)
+                    .map_err(|e| StoreError::BadMeta(format!("stored JSON: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every register series of `unit` this store holds numbers or a closing for, with
+    /// how many numbers it gave.
+    pub fn register_series(&self, unit: &str) -> Result<Vec<(String, u64, bool)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, SUM(n), MAX(closed) FROM (
+               SELECT json_extract(json, '$.registration.series_key') AS key, 1 AS n, 0 AS closed
+                 FROM records WHERE unit = ?1
+                   AND json_extract(json, '$.registration.series_key') IS NOT NULL
+               UNION ALL
+               SELECT json_extract(json, '$.series_key'), 0, 1 FROM records
+                 WHERE unit = ?1 AND kind = 'register')
+             GROUP BY key ORDER BY key",
+        )?;
+        let rows = stmt.query_map([unit], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, bool>(2)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Ids of the annotations that point at `target`.

@@ -113,6 +113,10 @@ pub struct Process {
     mdns: bool,
     log: PathBuf,
     child: Option<Child>,
+    /// Sign-in tokens of the users signed in so far, by user name.
+    tokens: std::collections::BTreeMap<String, String>,
+    /// The user whose token requests carry, if any.
+    acting: Option<String>,
 }
 
 impl Process {
@@ -149,6 +153,8 @@ impl Process {
             extra: Vec::new(),
             mdns: false,
             child: None,
+            tokens: Default::default(),
+            acting: None,
         }
     }
 
@@ -184,6 +190,79 @@ impl Process {
             .args(args)
             .output()
             .expect("subcommand runs")
+    }
+
+    /// Creates a user with `user add` (password `password of NAME`).
+    pub fn add_user(&self, name: &str, role: &str, full_name: &str, title: &str) {
+        let mut child = Command::new(self.bin())
+            .arg("--data")
+            .arg(&self.data)
+            .args([
+                "user",
+                "add",
+                name,
+                "--role",
+                role,
+                "--full-name",
+                full_name,
+            ])
+            .args(["--title", title])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("user add runs");
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "password of {name}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "user add {name} on {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sends the following requests as `user` (signing in the first time), or as nobody.
+    pub fn act_as(&mut self, user: Option<&str>) -> &mut Self {
+        self.acting = None;
+        if let Some(user) = user {
+            if !self.tokens.contains_key(user) {
+                let r = self
+                    .try_post(
+                        "/api/v1/login",
+                        &serde_json::json!({ "user": user, "password": format!("password of {user}") }),
+                    )
+                    .unwrap_or_else(|e| panic!("login on {}: {e}", self.name));
+                assert_eq!(r.status, 200, "login {user} on {}: {}", self.name, r.body);
+                let token = r.body["token"].as_str().expect("a token").to_string();
+                self.tokens.insert(user.to_string(), token);
+            }
+            self.acting = Some(user.to_string());
+        }
+        self
+    }
+
+    fn authorization(&self) -> Option<String> {
+        let user = self.acting.as_ref()?;
+        Some(format!("Bearer {}", self.tokens.get(user)?))
+    }
+
+    /// A lifecycle action on document `id` as the acting user; the reply, whatever it is.
+    pub fn try_action(&self, id: &str, body: &Value) -> Reply {
+        self.try_post(&format!("/api/v1/documents/{id}/actions"), body)
+            .unwrap_or_else(|e| panic!("action on {}: {e}", self.name))
+    }
+
+    /// A lifecycle action that must succeed; returns the document.
+    pub fn action(&self, id: &str, action: &str, extra: Value) -> Value {
+        let mut body = serde_json::json!({ "action": action });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let r = self.try_action(id, &body);
+        assert_eq!(r.status, 200, "{action} on {}: {}", self.name, r.body);
+        r.body
     }
 
     /// Starts `serve` and waits until the API answers.
@@ -284,15 +363,27 @@ impl Process {
     }
 
     pub fn try_get(&self, path: &str) -> Result<Reply, String> {
-        reply(agent().get(&self.url(path)).call())
+        let mut r = agent().get(&self.url(path));
+        if let Some(auth) = self.authorization() {
+            r = r.header("Authorization", &auth);
+        }
+        reply(r.call())
     }
 
     pub fn try_post(&self, path: &str, body: &Value) -> Result<Reply, String> {
-        reply(agent().post(&self.url(path)).send_json(body))
+        let mut r = agent().post(&self.url(path));
+        if let Some(auth) = self.authorization() {
+            r = r.header("Authorization", &auth);
+        }
+        reply(r.send_json(body))
     }
 
     pub fn try_patch(&self, path: &str, body: &Value) -> Result<Reply, String> {
-        reply(agent().patch(&self.url(path)).send_json(body))
+        let mut r = agent().patch(&self.url(path));
+        if let Some(auth) = self.authorization() {
+            r = r.header("Authorization", &auth);
+        }
+        reply(r.send_json(body))
     }
 
     /// GET that must succeed with 200.

@@ -1,0 +1,1616 @@
+//! The lifecycle of an official document (Decree 30/2020/NĐ-CP), as clerks work it.
+//!
+//! Outgoing: draft → in review ↺ returned → approved → signed → numbered and dated →
+//! organisation-signed → registered → dispatched → filed, with corrected, replaced and
+//! recalled (frozen) as side branches. Incoming: received → registered (or returned to
+//! the sender) → acknowledged → assigned → in progress → completed (on time or late) →
+//! filed.
+//!
+//! A step is an action on the document (`approve`, `number`, …): the action names the
+//! states it starts from and the roles that may take it, and it is refused with a
+//! message saying why otherwise. Every step appends to the document's `history` who
+//! took it, in which role, from which node and when.
+//!
+//! Numbers come from registers (sổ): one series per issuing body, kind of register and
+//! year. Only the unit's registrar node gives numbers; elsewhere `number` leaves the
+//! document awaiting its number (a `number_request`), which the registrar fulfils once
+//! it has synced. A number is the one after the highest the registrar holds in that
+//! series, so it never repeats on one registrar; two registrars (a misconfiguration)
+//! can give one number twice, and the `number_key` every numbered document carries lets
+//! the store find and show such duplicates on every node.
+//!
+//! Dispatching an outgoing document widens its audience to the recipient units, so the
+//! document itself, with its history and signatures, reaches them; there the registrar
+//! creates an incoming document that refers to it. The incoming document is shared with
+//! the sender, which is how its receipt and acknowledgement travel back.
+
+use automerge::transaction::{Transactable, Transaction};
+use automerge::{Automerge, ObjType, ROOT, ReadDoc, Value};
+use ed25519_dalek::SigningKey;
+use serde::Deserialize;
+use serde_json::{Map, Value as Json, json};
+
+use crate::model::{self, DocId, Header, Kind, ModelError};
+use crate::signature::{self, SignatureKind, Signer};
+use crate::units::UnitCode;
+use crate::users::{Actor, UserRole};
+
+/// Whether a document leaves the unit or came into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Outgoing,
+    Incoming,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outgoing => "outgoing",
+            Direction::Incoming => "incoming",
+        }
+    }
+
+    /// The state a new document of this direction starts in.
+    pub fn initial_state(self) -> &'static str {
+        match self {
+            Direction::Outgoing => "draft",
+            Direction::Incoming => "received",
+        }
+    }
+
+    /// A document's direction; documents from before directions existed are outgoing.
+    pub fn of(doc: &Automerge) -> Direction {
+        match model::get_str(doc, ROOT, "direction").as_deref() {
+            Some("incoming") => Direction::Incoming,
+            _ => Direction::Outgoing,
+        }
+    }
+}
+
+/// The kinds of register a unit keeps per issuing body and year.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Series {
+    /// Sổ đăng ký văn bản đi.
+    Outgoing,
+    /// Sổ đăng ký văn bản đến (arrival numbers).
+    Incoming,
+    /// Secret outgoing documents (văn bản mật), a series of their own.
+    Secret,
+    /// Secret incoming documents.
+    SecretIncoming,
+}
+
+impl Series {
+    pub const ALL: [Series; 4] = [
+        Series::Outgoing,
+        Series::Incoming,
+        Series::Secret,
+        Series::SecretIncoming,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Series::Outgoing => "outgoing",
+            Series::Incoming => "incoming",
+            Series::Secret => "secret",
+            Series::SecretIncoming => "secret-incoming",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Series> {
+        Series::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    pub fn is_incoming(self) -> bool {
+        matches!(self, Series::Incoming | Series::SecretIncoming)
+    }
+
+    fn for_document(direction: Direction, secret: bool) -> Series {
+        match (direction, secret) {
+            (Direction::Outgoing, false) => Series::Outgoing,
+            (Direction::Outgoing, true) => Series::Secret,
+            (Direction::Incoming, false) => Series::Incoming,
+            (Direction::Incoming, true) => Series::SecretIncoming,
+        }
+    }
+}
+
+/// One numbering series: a unit's register of one kind, for one issuing body and year.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesKey {
+    pub unit: String,
+    pub series: Series,
+    pub body: String,
+    pub year: i32,
+}
+
+impl SeriesKey {
+    /// The key as it is kept in documents and registers.
+    pub fn as_string(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.unit,
+            self.series.as_str(),
+            self.body,
+            self.year
+        )
+    }
+}
+
+/// Numbers below 10 are written with a leading zero (Decree 30, art. 15).
+pub fn format_number(n: u32) -> String {
+    format!("{n:02}")
+}
+
+/// What numbering needs to know from the store.
+pub trait Registry {
+    /// Has the registrar closed this series' year?
+    fn is_closed(&self, key: &SeriesKey) -> Result<bool, ModelError>;
+    /// The highest number given in this series that this store holds (0 for none).
+    fn last_number(&self, key: &SeriesKey) -> Result<u32, ModelError>;
+}
+
+/// Where an action runs: who takes it, on which node, for which unit.
+pub struct Context<'a> {
+    pub actor: &'a Actor,
+    /// The node's id, recorded with every step.
+    pub node: &'a str,
+    pub unit: &'a UnitCode,
+    /// The name of the unit's office, used for the organisation's signature.
+    pub unit_name: &'a str,
+    /// Whether this node gives the unit's numbers.
+    pub registrar: bool,
+    /// The office node's key, which applies the organisation's signature.
+    pub org_key: &'a SigningKey,
+}
+
+/// A lifecycle action as the API receives it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    pub action: String,
+    /// Why (required to return a document).
+    pub note: Option<String>,
+    /// `dispatch`: the unit codes to send to.
+    pub to: Option<Vec<String>>,
+    /// `assign`: the lead person or unit, the cooperating ones and the deadline.
+    pub lead: Option<String>,
+    pub cooperating: Option<Vec<String>>,
+    pub deadline: Option<String>,
+    /// `number`/`register`: the year of the register (defaults to the current one).
+    pub year: Option<i32>,
+    /// `correct`/`replace`: the document that corrects or replaces this one.
+    pub by_document: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LifecycleError {
+    #[error("{action:?} is not an action on an {direction} document; the actions are: {valid}")]
+    UnknownAction {
+        action: String,
+        direction: &'static str,
+        valid: String,
+    },
+    #[error(
+        "cannot {action}: the document is {state}, and {action} applies only to a document \
+         that is {from}"
+    )]
+    Illegal {
+        action: String,
+        state: String,
+        from: String,
+    },
+    #[error("cannot {action}: it is for a {needs}, and {user} is a {role}")]
+    Role {
+        action: String,
+        user: String,
+        role: &'static str,
+        needs: String,
+    },
+    #[error("the document was recalled: it is frozen and takes no more steps")]
+    Frozen,
+    #[error(
+        "the document is awaiting its number from the unit's registrar; it moves on once \
+         the registrar has synced"
+    )]
+    AwaitingNumber,
+    #[error(
+        "secret documents (độ mật) are never dispatched through sync: send this one by the \
+         channel for secret documents"
+    )]
+    SecretDispatch,
+    #[error("the {series} register of {year} is closed: no more numbers are given in it")]
+    YearClosed { series: &'static str, year: i32 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl From<automerge::AutomergeError> for LifecycleError {
+    fn from(e: automerge::AutomergeError) -> LifecycleError {
+        LifecycleError::Model(e.into())
+    }
+}
+
+struct Transition {
+    action: &'static str,
+    direction: Direction,
+    from: &'static [&'static str],
+    to: &'static str,
+    roles: &'static [UserRole],
+}
+
+const ANYONE: &[UserRole] = &UserRole::ALL;
+const CLERK: &[UserRole] = &[UserRole::Clerk];
+const LEADER: &[UserRole] = &[UserRole::Leader];
+/// Once numbered, a document can be corrected, replaced or recalled.
+const ISSUED: &[&str] = &[
+    "numbered",
+    "org_signed",
+    "registered",
+    "dispatched",
+    "filed",
+];
+
+const TRANSITIONS: &[Transition] = &[
+    Transition {
+        action: "submit",
+        direction: Direction::Outgoing,
+        from: &["draft", "returned"],
+        to: "in_review",
+        roles: ANYONE,
+    },
+    Transition {
+        action: "return",
+        direction: Direction::Outgoing,
+        from: &["in_review"],
+        to: "returned",
+        roles: LEADER,
+    },
+    Transition {
+        action: "approve",
+        direction: Direction::Outgoing,
+        from: &["in_review"],
+        to: "approved",
+        roles: LEADER,
+    },
+    Transition {
+        action: "sign",
+        direction: Direction::Outgoing,
+        from: &["approved"],
+        to: "signed",
+        roles: LEADER,
+    },
+    Transition {
+        action: "number",
+        direction: Direction::Outgoing,
+        from: &["signed"],
+        to: "numbered",
+        roles: CLERK,
+    },
+    Transition {
+        action: "org_sign",
+        direction: Direction::Outgoing,
+        from: &["numbered"],
+        to: "org_signed",
+        roles: CLERK,
+    },
+    Transition {
+        action: "register",
+        direction: Direction::Outgoing,
+        from: &["org_signed"],
+        to: "registered",
+        roles: CLERK,
+    },
+    Transition {
+        action: "dispatch",
+        direction: Direction::Outgoing,
+        from: &["registered"],
+        to: "dispatched",
+        roles: CLERK,
+    },
+    Transition {
+        action: "file",
+        direction: Direction::Outgoing,
+        from: &["registered", "dispatched"],
+        to: "filed",
+        roles: CLERK,
+    },
+    Transition {
+        action: "correct",
+        direction: Direction::Outgoing,
+        from: ISSUED,
+        to: "corrected",
+        roles: LEADER,
+    },
+    Transition {
+        action: "replace",
+        direction: Direction::Outgoing,
+        from: ISSUED,
+        to: "replaced",
+        roles: LEADER,
+    },
+    Transition {
+        action: "recall",
+        direction: Direction::Outgoing,
+        from: &[
+            "numbered",
+            "org_signed",
+            "registered",
+            "dispatched",
+            "filed",
+            "corrected",
+        ],
+        to: "recalled",
+        roles: LEADER,
+    },
+    Transition {
+        action: "register",
+        direction: Direction::Incoming,
+        from: &["received"],
+        to: "registered",
+        roles: CLERK,
+    },
+    Transition {
+        action: "return",
+        direction: Direction::Incoming,
+        from: &["received"],
+        to: "returned_to_sender",
+        roles: CLERK,
+    },
+    Transition {
+        action: "acknowledge",
+        direction: Direction::Incoming,
+        from: &["registered"],
+        to: "acknowledged",
+        roles: CLERK,
+    },
+    Transition {
+        action: "assign",
+        direction: Direction::Incoming,
+        from: &["acknowledged"],
+        to: "assigned",
+        roles: LEADER,
+    },
+    Transition {
+        action: "start",
+        direction: Direction::Incoming,
+        from: &["assigned"],
+        to: "in_progress",
+        roles: ANYONE,
+    },
+    Transition {
+        action: "complete",
+        direction: Direction::Incoming,
+        from: &["in_progress"],
+        to: "completed",
+        roles: ANYONE,
+    },
+    Transition {
+        action: "file",
+        direction: Direction::Incoming,
+        from: &["completed"],
+        to: "filed",
+        roles: CLERK,
+    },
+];
+
+/// The state a document waits in until the registrar gives its number.
+pub const AWAITING_NUMBER: &str = "awaiting_number";
+
+/// A recalled document takes no edit and no step.
+pub fn is_frozen(state: &str) -> bool {
+    state == "recalled"
+}
+
+fn state_of(doc: &Automerge, direction: Direction) -> String {
+    model::get_str(doc, ROOT, "state").unwrap_or_else(|| direction.initial_state().into())
+}
+
+fn year_now() -> i32 {
+    model::now_vietnam()[..4].parse().unwrap_or(1970)
+}
+
+fn today() -> String {
+    model::now_vietnam()[..10].to_string()
+}
+
+fn is_secret(doc: &Automerge) -> bool {
+    model::get_str(doc, ROOT, "secrecy").is_some_and(|s| !s.trim().is_empty())
+}
+
+/// The issuing body a document is numbered under: its issuing organisation, or the
+/// unit's office.
+fn issuing_body(doc: &Automerge, unit_name: &str) -> String {
+    model::get_str(doc, ROOT, "issuer")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| unit_name.to_string())
+}
+
+fn valid_date(s: &str) -> bool {
+    s.len() == 10 && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+}
+
+fn list_or_new(tx: &mut Transaction<'_>, key: &str) -> Result<automerge::ObjId, ModelError> {
+    Ok(match tx.get(ROOT, key)? {
+        Some((Value::Object(ObjType::List), list)) => list,
+        _ => tx.put_object(ROOT, key, ObjType::List)?,
+    })
+}
+
+/// One line of a document's history.
+struct Step<'a> {
+    action: &'a str,
+    from: &'a str,
+    to: &'a str,
+    by: &'a str,
+    role: &'a str,
+    node: &'a str,
+    note: Option<&'a str>,
+}
+
+fn record_step(tx: &mut Transaction<'_>, step: &Step<'_>) -> Result<(), ModelError> {
+    tx.put(ROOT, "state", step.to)?;
+    let history = list_or_new(tx, "history")?;
+    let at = tx.length(&history);
+    let m = tx.insert_object(&history, at, ObjType::Map)?;
+    tx.put(&m, "action", step.action)?;
+    tx.put(&m, "from", step.from)?;
+    tx.put(&m, "to", step.to)?;
+    tx.put(&m, "by", step.by)?;
+    tx.put(&m, "role", step.role)?;
+    tx.put(&m, "node", step.node)?;
+    tx.put(&m, "at", model::now_vietnam())?;
+    if let Some(note) = step.note {
+        tx.put(&m, "note", note)?;
+    }
+    Ok(())
+}
+
+/// What an action did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The document moved to this state.
+    Moved(String),
+    /// The number was asked of the registrar; the document waits for it.
+    AwaitingNumber,
+}
+
+/// Takes a lifecycle action on `doc` (the record `id`), or refuses it and changes
+/// nothing.
+pub fn apply(
+    doc: &mut Automerge,
+    id: &DocId,
+    request: &ActionRequest,
+    ctx: &Context<'_>,
+    registry: &dyn Registry,
+) -> Result<Outcome, LifecycleError> {
+    let header = model::read_header(doc)?;
+    if header.kind != Kind::Document {
+        return Err(ModelError::WrongKind {
+            expected: "document",
+            found: header.kind.as_str(),
+        }
+        .into());
+    }
+    let direction = Direction::of(doc);
+    let state = state_of(doc, direction);
+    if is_frozen(&state) {
+        return Err(LifecycleError::Frozen);
+    }
+    let action = request.action.as_str();
+    let Some(t) = TRANSITIONS
+        .iter()
+        .find(|t| t.action == action && t.direction == direction)
+    else {
+        let valid: Vec<&str> = TRANSITIONS
+            .iter()
+            .filter(|t| t.direction == direction)
+            .map(|t| t.action)
+            .collect();
+        return Err(LifecycleError::UnknownAction {
+            action: action.chars().take(40).collect(),
+            direction: direction.as_str(),
+            valid: valid.join(", "),
+        });
+    };
+    if state == AWAITING_NUMBER {
+        return Err(LifecycleError::AwaitingNumber);
+    }
+    if !t.from.contains(&state.as_str()) {
+        return Err(LifecycleError::Illegal {
+            action: action.into(),
+            state: state.replace('_', " "),
+            from: t
+                .from
+                .iter()
+                .map(|s| s.replace('_', " "))
+                .collect::<Vec<_>>()
+                .join(" or "),
+        });
+    }
+    let role = ctx.actor.user.role;
+    if !t.roles.contains(&role) {
+        return Err(LifecycleError::Role {
+            action: action.into(),
+            user: ctx.actor.user.name.clone(),
+            role: role.as_str(),
+            needs: t
+                .roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(" or "),
+        });
+    }
+    if header.unit != ctx.unit.as_str() {
+        return Err(LifecycleError::Invalid(format!(
+            "the document belongs to unit {}: only its own offices take it through its \
+             lifecycle",
+            header.unit
+        )));
+    }
+    let note = request
+        .note
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    if action == "return" && note.is_none() {
+        return Err(LifecycleError::Invalid(
+            "say why the document is returned: send a \"note\"".into(),
+        ));
+    }
+
+    // Checks that need more than the state, all before anything is written.
+    let mut numbering = None;
+    let mut dispatch_to = Vec::new();
+    let numbers = matches!(
+        (direction, action),
+        (Direction::Outgoing, "number") | (Direction::Incoming, "register")
+    );
+    match action {
+        _ if numbers => {
+            let key = SeriesKey {
+                unit: header.unit.clone(),
+                series: Series::for_document(direction, is_secret(doc)),
+                body: issuing_body(doc, ctx.unit_name),
+                year: request.year.unwrap_or_else(year_now),
+            };
+            if !(2000..=9999).contains(&key.year) {
+                return Err(LifecycleError::Invalid(format!(
+                    "{} is not a year of a register",
+                    key.year
+                )));
+            }
+            if registry.is_closed(&key)? {
+                return Err(LifecycleError::YearClosed {
+                    series: key.series.as_str(),
+                    year: key.year,
+                });
+            }
+            let next = if ctx.registrar {
+                Some(registry.last_number(&key)? + 1)
+            } else {
+                None
+            };
+            numbering = Some((key, next));
+        }
+        "dispatch" => {
+            if is_secret(doc) {
+                return Err(LifecycleError::SecretDispatch);
+            }
+            let to = request.to.as_deref().unwrap_or_default();
+            if to.is_empty() {
+                return Err(LifecycleError::Invalid(
+                    "name the units to send to in \"to\" (unit codes such as \"42\" or \
+                     \"18568\")"
+                        .into(),
+                ));
+            }
+            for code in to {
+                let unit = UnitCode::parse(code.trim())
+                    .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+                if unit == *ctx.unit {
+                    return Err(LifecycleError::Invalid(
+                        "a document is not dispatched to its own unit".into(),
+                    ));
+                }
+                if !dispatch_to.contains(&unit.to_string()) {
+                    dispatch_to.push(unit.to_string());
+                }
+            }
+        }
+        "assign" => {
+            if request.lead.as_deref().is_none_or(|l| l.trim().is_empty()) {
+                return Err(LifecycleError::Invalid(
+                    "name who leads the handling in \"lead\"".into(),
+                ));
+            }
+            match request.deadline.as_deref() {
+                Some(d) if valid_date(d) => {}
+                _ => {
+                    return Err(LifecycleError::Invalid(
+                        "give a \"deadline\" of the form YYYY-MM-DD".into(),
+                    ));
+                }
+            }
+        }
+        "correct" | "replace" => {
+            if let Some(by) = &request.by_document {
+                DocId::parse(by)?;
+            }
+        }
+        _ => {}
+    }
+
+    let heads = doc.get_heads();
+    let signed_hash = match action {
+        "sign" => Some(signature::content_hash(doc, SignatureKind::Personal)?),
+        "org_sign" => Some(signature::content_hash(doc, SignatureKind::Organisation)?),
+        _ => None,
+    };
+    let body = issuing_body(doc, ctx.unit_name);
+    let on_time = {
+        let deadline = model::get_obj(doc, ROOT, "assignment", ObjType::Map)
+            .and_then(|a| model::get_str(doc, &a, "deadline"));
+        deadline.is_none_or(|d| today() <= d)
+    };
+    let mut tx = doc.transaction();
+    let user = ctx.actor.user.name.as_str();
+    let mut to = t.to;
+    match action {
+        "sign" => {
+            let name = ctx.actor.user.full_name.as_str();
+            signature::sign(
+                &mut tx,
+                id,
+                &heads,
+                signed_hash.clone().expect("computed for signing"),
+                &Signer {
+                    kind: SignatureKind::Personal,
+                    name,
+                    title: &ctx.actor.user.title,
+                    by: user,
+                    key: &ctx.actor.key,
+                },
+                ctx.node,
+            )?;
+        }
+        "org_sign" => {
+            signature::sign(
+                &mut tx,
+                id,
+                &heads,
+                signed_hash.clone().expect("computed for signing"),
+                &Signer {
+                    kind: SignatureKind::Organisation,
+                    name: &body,
+                    title: "",
+                    by: user,
+                    key: ctx.org_key,
+                },
+                ctx.node,
+            )?;
+        }
+        "dispatch" => {
+            let h = match tx.get(ROOT, "header")? {
+                Some((Value::Object(ObjType::Map), h)) => h,
+                _ => return Err(ModelError::BadHeader("missing").into()),
+            };
+            let mut audience = header.audience.clone();
+            audience.extend(dispatch_to.iter().cloned());
+            audience.sort();
+            audience.dedup();
+            model::put_str_list(&mut tx, &h, "audience", &audience)?;
+            let d = tx.put_object(ROOT, "dispatch", ObjType::Map)?;
+            model::put_str_list(&mut tx, &d, "to", &dispatch_to)?;
+            tx.put(&d, "at", model::now_vietnam())?;
+            tx.put(&d, "by", user)?;
+            tx.put(&d, "node", ctx.node)?;
+        }
+        "assign" => {
+            let a = tx.put_object(ROOT, "assignment", ObjType::Map)?;
+            tx.put(&a, "lead", request.lead.as_deref().unwrap_or("").trim())?;
+            model::put_str_list(
+                &mut tx,
+                &a,
+                "cooperating",
+                request.cooperating.as_deref().unwrap_or_default(),
+            )?;
+            tx.put(&a, "deadline", request.deadline.as_deref().unwrap_or(""))?;
+            tx.put(&a, "by", user)?;
+            tx.put(&a, "at", model::now_vietnam())?;
+        }
+        "complete" => {
+            let c = tx.put_object(ROOT, "completion", ObjType::Map)?;
+            tx.put(&c, "at", model::now_vietnam())?;
+            tx.put(&c, "on_time", on_time)?;
+        }
+        "correct" | "replace" => {
+            if let Some(by) = &request.by_document {
+                let r = tx.put_object(ROOT, "related", ObjType::Map)?;
+                tx.put(&r, "relation", t.to)?;
+                tx.put(&r, "by", by.as_str())?;
+            }
+        }
+        _ => {}
+    }
+    let mut outcome = Outcome::Moved(t.to.to_string());
+    if let Some((key, next)) = &numbering {
+        match next {
+            Some(n) => write_number(&mut tx, key, *n, ctx.node)?,
+            None => {
+                let r = tx.put_object(ROOT, "number_request", ObjType::Map)?;
+                tx.put(&r, "series_key", key.as_string())?;
+                tx.put(&r, "series", key.series.as_str())?;
+                tx.put(&r, "body", key.body.as_str())?;
+                tx.put(&r, "year", key.year as i64)?;
+                tx.put(&r, "by", user)?;
+                tx.put(&r, "node", ctx.node)?;
+                tx.put(&r, "at", model::now_vietnam())?;
+                tx.put(&r, "from", state.as_str())?;
+                tx.put(&r, "then", t.to)?;
+                to = AWAITING_NUMBER;
+                outcome = Outcome::AwaitingNumber;
+            }
+        }
+    }
+    record_step(
+        &mut tx,
+        &Step {
+            action,
+            from: &state,
+            to,
+            by: user,
+            role: role.as_str(),
+            node: ctx.node,
+            note,
+        },
+    )?;
+    tx.commit();
+    Ok(outcome)
+}
+
+/// Writes a number from the register (and, for an outgoing document, the date it is
+/// issued on).
+fn write_number(
+    tx: &mut Transaction<'_>,
+    key: &SeriesKey,
+    number: u32,
+    node: &str,
+) -> Result<(), ModelError> {
+    let r = tx.put_object(ROOT, "registration", ObjType::Map)?;
+    tx.put(&r, "series_key", key.as_string())?;
+    tx.put(&r, "series", key.series.as_str())?;
+    tx.put(&r, "body", key.body.as_str())?;
+    tx.put(&r, "year", key.year as i64)?;
+    tx.put(&r, "number", number as i64)?;
+    tx.put(&r, "by", node)?;
+    tx.put(&r, "at", model::now_vietnam())?;
+    if key.series.is_incoming() {
+        tx.put(ROOT, "arrival_number", format_number(number))?;
+        tx.put(ROOT, "arrival_date", today())?;
+    } else {
+        tx.put(ROOT, "number", format_number(number))?;
+        tx.put(ROOT, "issued_date", today())?;
+    }
+    if tx.get(ROOT, "number_request")?.is_some() {
+        tx.delete(ROOT, "number_request")?;
+    }
+    Ok(())
+}
+
+/// The number request a document waits on, if any: its series and the state it moves
+/// to once numbered.
+pub fn pending_request(doc: &Automerge) -> Option<(SeriesKey, String)> {
+    let r = model::get_obj(doc, ROOT, "number_request", ObjType::Map)?;
+    let unit = model::read_header(doc).ok()?.unit;
+    let series = Series::parse(&model::get_str(doc, &r, "series")?)?;
+    let year = match doc.get(&r, "year").ok()?? {
+        (Value::Scalar(s), _) => s.as_i64()? as i32,
+        _ => return None,
+    };
+    let then = model::get_str(doc, &r, "then")?;
+    Some((
+        SeriesKey {
+            unit,
+            series,
+            body: model::get_str(doc, &r, "body")?,
+            year,
+        },
+        then,
+    ))
+}
+
+/// The registrar fulfils a number request: gives `number`, or refuses when the year is
+/// closed (the document goes back to where it was, with the reason in its history).
+pub fn fulfil_request(
+    doc: &mut Automerge,
+    number: Option<u32>,
+    node: &str,
+) -> Result<(), ModelError> {
+    let Some((key, then)) = pending_request(doc) else {
+        return Ok(());
+    };
+    if model::get_str(doc, ROOT, "state").as_deref() != Some(AWAITING_NUMBER) {
+        return Ok(());
+    }
+    let r = model::get_obj(doc, ROOT, "number_request", ObjType::Map)
+        .ok_or(ModelError::BadHeader("number request"))?;
+    let from = model::get_str(doc, &r, "from").unwrap_or_else(|| "signed".into());
+    let mut tx = doc.transaction();
+    match number {
+        Some(n) => {
+            write_number(&mut tx, &key, n, node)?;
+            record_step(
+                &mut tx,
+                &Step {
+                    action: "assign_number",
+                    from: AWAITING_NUMBER,
+                    to: &then,
+                    by: "registrar",
+                    role: "registrar",
+                    node,
+                    note: None,
+                },
+            )?;
+        }
+        None => {
+            tx.delete(ROOT, "number_request")?;
+            let note = format!(
+                "the {} register of {} is closed: no number was given",
+                key.series.as_str(),
+                key.year
+            );
+            record_step(
+                &mut tx,
+                &Step {
+                    action: "refuse_number",
+                    from: AWAITING_NUMBER,
+                    to: &from,
+                    by: "registrar",
+                    role: "registrar",
+                    node,
+                    note: Some(&note),
+                },
+            )?;
+        }
+    }
+    tx.commit();
+    Ok(())
+}
+
+/// The id of the incoming document `unit` keeps for the dispatched document `source`:
+/// derived from both, so two nodes of the unit that both receive it write one record.
+pub fn incoming_id(source: &DocId, unit: &str) -> DocId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"cabinet/incoming/1\0");
+    h.update(source.as_str().as_bytes());
+    h.update(b"\0");
+    h.update(unit.as_bytes());
+    let bytes: [u8; 16] = h.finalize().as_bytes()[..16].try_into().expect("16 bytes");
+    let uuid = uuid::Builder::from_custom_bytes(bytes).into_uuid();
+    DocId::parse(&uuid.hyphenated().to_string()).expect("a canonical UUID")
+}
+
+/// The units a dispatched document was sent to.
+pub fn dispatched_to(doc: &Automerge) -> Vec<String> {
+    model::get_obj(doc, ROOT, "dispatch", ObjType::Map)
+        .and_then(|d| model::get_str_list(doc, &d, "to"))
+        .unwrap_or_default()
+}
+
+/// The dispatched document an incoming one refers to.
+pub fn source_of(doc: &Automerge) -> Option<DocId> {
+    let s = model::get_obj(doc, ROOT, "source", ObjType::Map)?;
+    DocId::parse(&model::get_str(doc, &s, "document")?).ok()
+}
+
+/// The incoming document for `unit` of the dispatched document `source`: in the
+/// recipient's queue as received, carrying the sender's number and notation, shared
+/// with the sender so its receipt and acknowledgement travel back.
+pub fn create_incoming(
+    source_id: &DocId,
+    source: &Automerge,
+    unit: &str,
+    node: &str,
+) -> Result<Automerge, ModelError> {
+    let sender = model::read_header(source)?;
+    let header = Header {
+        kind: Kind::Document,
+        unit: unit.to_string(),
+        audience: {
+            let mut a = vec![unit.to_string(), sender.unit.clone()];
+            a.sort();
+            a.dedup();
+            a
+        },
+        created_by: node.to_string(),
+        created_at: model::now_vietnam(),
+        confidential: false,
+    };
+    let field = |k: &str| model::get_str(source, ROOT, k).filter(|v| !v.is_empty());
+    let patch = model::DocumentPatch {
+        doc_type: field("type"),
+        number: field("number"),
+        notation: field("notation"),
+        issuer: field("issuer"),
+        place: field("place"),
+        issued_date: field("issued_date"),
+        subject: field("subject"),
+        urgency: field("urgency"),
+        due_date: field("due_date"),
+        direction: Some("incoming".into()),
+        ..Default::default()
+    };
+    let mut doc = model::create_document(&header, &patch)?;
+    let mut tx = doc.transaction();
+    let s = tx.put_object(ROOT, "source", ObjType::Map)?;
+    tx.put(&s, "document", source_id.as_str())?;
+    tx.put(&s, "unit", sender.unit.as_str())?;
+    tx.put(ROOT, "arrived_at", model::now_vietnam())?;
+    let history = list_or_new(&mut tx, "history")?;
+    let m = tx.insert_object(&history, 0, ObjType::Map)?;
+    for (k, v) in [
+        ("action", "receive"),
+        ("from", ""),
+        ("to", "received"),
+        ("by", "registrar"),
+        ("role", "registrar"),
+        ("node", node),
+    ] {
+        tx.put(&m, k, v)?;
+    }
+    tx.put(&m, "at", model::now_vietnam())?;
+    tx.commit();
+    Ok(doc)
+}
+
+/// For a record received from a peer: its signatures verify and none is gone, and an
+/// incoming document refers only to a document that was dispatched to its unit (when
+/// the dispatched one is held here to judge by).
+pub fn check_received(
+    id: &DocId,
+    doc: &Automerge,
+    before: &[automerge::ChangeHash],
+    source: impl FnOnce(&DocId) -> Option<Vec<String>>,
+) -> Result<(), String> {
+    signature::check_received(id, doc, before)?;
+    if let Some(src) = source_of(doc) {
+        let unit = model::read_header(doc).map_err(|e| e.to_string())?.unit;
+        if let Some(to) = source(&src)
+            && !to.contains(&unit)
+        {
+            return Err(format!(
+                "unit {unit} acknowledges document {src}, which was not dispatched to it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn map_json(doc: &Automerge, obj: &automerge::ObjId) -> Json {
+    let mut out = Map::new();
+    for key in doc.keys(obj) {
+        let v = match doc.get(obj, &key) {
+            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                automerge::ScalarValue::Str(t) => json!(t.as_str()),
+                automerge::ScalarValue::Int(i) => json!(i),
+                automerge::ScalarValue::Uint(u) => json!(u),
+                automerge::ScalarValue::Boolean(b) => json!(b),
+                _ => Json::Null,
+            },
+            Ok(Some((Value::Object(ObjType::List), list))) => json!(
+                (0..doc.length(&list))
+                    .filter_map(|i| match doc.get(&list, i) {
+                        Ok(Some((Value::Scalar(s), _))) => s.as_str().map(str::to_string),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            ),
+            Ok(Some((Value::Object(ObjType::Text), t))) => json!(doc.text(&t).unwrap_or_default()),
+            _ => Json::Null,
+        };
+        out.insert(key, v);
+    }
+    Json::Object(out)
+}
+
+fn maps_json(doc: &Automerge, key: &str) -> Json {
+    let Some(list) = model::get_obj(doc, ROOT, key, ObjType::List) else {
+        return json!([]);
+    };
+    json!(
+        (0..doc.length(&list))
+            .filter_map(|i| match doc.get(&list, i) {
+                Ok(Some((Value::Object(ObjType::Map), m))) => Some(map_json(doc, &m)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    )
+}
+
+/// The lifecycle part of a document's JSON.
+pub fn json_fields(header: &Header, doc: &Automerge, out: &mut Map<String, Json>) {
+    let direction = Direction::of(doc);
+    out.insert("direction".into(), json!(direction.as_str()));
+    out.insert("history".into(), maps_json(doc, "history"));
+    out.insert("signatures".into(), signature::summary(doc));
+    for key in [
+        "number_request",
+        "registration",
+        "dispatch",
+        "source",
+        "assignment",
+        "completion",
+        "related",
+    ] {
+        let v = model::get_obj(doc, ROOT, key, ObjType::Map)
+            .map(|m| map_json(doc, &m))
+            .unwrap_or(Json::Null);
+        out.insert(key.into(), v);
+    }
+    for key in ["arrival_number", "arrival_date", "arrived_at"] {
+        out.insert(key.into(), json!(model::get_str(doc, ROOT, key)));
+    }
+    out.insert("number_key".into(), json!(number_key(header, doc)));
+}
+
+/// What two documents share when one of them holds a duplicate number: the register
+/// series and number a registrar gave, or else (for imported documents) the issuer,
+/// notation, year and number written on it. Incoming documents carry the sender's
+/// number, so only their arrival number counts.
+fn number_key(header: &Header, doc: &Automerge) -> Option<String> {
+    if let Some(r) = model::get_obj(doc, ROOT, "registration", ObjType::Map) {
+        let key = model::get_str(doc, &r, "series_key")?;
+        let n = match doc.get(&r, "number").ok()?? {
+            (Value::Scalar(s), _) => s.as_i64()?,
+            _ => return None,
+        };
+        return Some(format!("reg|{key}|{n}"));
+    }
+    if Direction::of(doc) == Direction::Incoming {
+        return None;
+    }
+    let number: u32 = model::get_str(doc, ROOT, "number")?.trim().parse().ok()?;
+    let notation = model::get_str(doc, ROOT, "notation")?;
+    let year = model::get_str(doc, ROOT, "issued_date")?
+        .get(..4)?
+        .to_string();
+    let issuer =
+        crate::store::fold_for_search(&model::get_str(doc, ROOT, "issuer").unwrap_or_default());
+    Some(format!(
+        "doc|{}|{}|{}|{}|{number}",
+        header.unit,
+        issuer.trim(),
+        notation.trim(),
+        year
+    ))
+}
+
+/// Creates the record that closes a register's year.
+pub fn create_closing(
+    header: &Header,
+    key: &SeriesKey,
+    last_number: u32,
+    by: &str,
+) -> Result<Automerge, ModelError> {
+    let mut doc = Automerge::new().with_actor(model::fresh_actor());
+    let mut tx = doc.transaction();
+    model::write_header(&mut tx, header)?;
+    tx.put(ROOT, "series_key", key.as_string())?;
+    tx.put(ROOT, "series", key.series.as_str())?;
+    tx.put(ROOT, "body", key.body.as_str())?;
+    tx.put(ROOT, "year", key.year as i64)?;
+    tx.put(ROOT, "last_number", last_number as i64)?;
+    tx.put(ROOT, "closed_by", by)?;
+    tx.put(ROOT, "closed_at", model::now_vietnam())?;
+    tx.commit();
+    Ok(doc)
+}
+
+/// The JSON of a register record.
+pub fn register_json_fields(doc: &Automerge, out: &mut Map<String, Json>) {
+    if let Json::Object(m) = map_json(doc, &ROOT) {
+        for (k, v) in m {
+            if k != "header" {
+                out.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DocumentPatch, Header};
+    use crate::users::Directory;
+
+    struct Book {
+        last: u32,
+        closed: bool,
+    }
+
+    impl Registry for Book {
+        fn is_closed(&self, _: &SeriesKey) -> Result<bool, ModelError> {
+            Ok(self.closed)
+        }
+        fn last_number(&self, _: &SeriesKey) -> Result<u32, ModelError> {
+            Ok(self.last)
+        }
+    }
+
+    const OPEN: Book = Book {
+        last: 0,
+        closed: false,
+    };
+
+    fn actor(role: UserRole) -> Actor {
+        let dir = Directory::in_memory().unwrap();
+        let name = role.as_str();
+        dir.add(
+            name,
+            role,
+            &format!("Người {name}"),
+            "Chủ tịch",
+            "mật khẩu 1",
+        )
+        .unwrap();
+        dir.login(name, "mật khẩu 1").unwrap().1
+    }
+
+    fn draft(secrecy: Option<&str>) -> (DocId, Automerge) {
+        let header = Header {
+            kind: Kind::Document,
+            unit: "18562".into(),
+            audience: vec!["18562".into()],
+            created_by: "node".into(),
+            created_at: model::now_vietnam(),
+            confidential: secrecy.is_some(),
+        };
+        let doc = model::create_document(
+            &header,
+            &DocumentPatch {
+                doc_type: Some("Quyết định".into()),
+                notation: Some("QĐ-UBND".into()),
+                subject: Some("Về việc kiện toàn tổ công tác".into()),
+                body: Some("Điều 1. Kiện toàn tổ công tác.".into()),
+                secrecy: secrecy.map(str::to_string),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        (DocId::new(), doc)
+    }
+
+    struct Office {
+        unit: UnitCode,
+        key: SigningKey,
+        registrar: bool,
+    }
+
+    impl Office {
+        fn new(registrar: bool) -> Office {
+            Office {
+                unit: UnitCode::parse("18562").unwrap(),
+                key: SigningKey::from_bytes(&[7; 32]),
+                registrar,
+            }
+        }
+
+        fn act(
+            &self,
+            doc: &mut Automerge,
+            id: &DocId,
+            who: &Actor,
+            request: ActionRequest,
+            book: &Book,
+        ) -> Result<Outcome, LifecycleError> {
+            let ctx = Context {
+                actor: who,
+                node: "node-a",
+                unit: &self.unit,
+                unit_name: "UBND xã Thạch Hà",
+                registrar: self.registrar,
+                org_key: &self.key,
+            };
+            apply(doc, id, &request, &ctx, book)
+        }
+
+        fn step(&self, doc: &mut Automerge, id: &DocId, who: &Actor, action: &str) {
+            self.act(doc, id, who, action_named(action), &OPEN)
+                .unwrap_or_else(|e| panic!("{action}: {e}"));
+        }
+    }
+
+    fn action_named(action: &str) -> ActionRequest {
+        ActionRequest {
+            action: action.into(),
+            ..Default::default()
+        }
+    }
+
+    fn field(doc: &Automerge, key: &str) -> Option<String> {
+        model::get_str(doc, ROOT, key)
+    }
+
+    #[test]
+    fn an_outgoing_document_goes_from_draft_to_dispatched_with_signatures_that_hold() {
+        let office = Office::new(true);
+        let (clerk, leader, member) = (
+            actor(UserRole::Clerk),
+            actor(UserRole::Leader),
+            actor(UserRole::Member),
+        );
+        let (id, mut doc) = draft(None);
+        office.step(&mut doc, &id, &member, "submit");
+        office.step(&mut doc, &id, &leader, "approve");
+        office.step(&mut doc, &id, &leader, "sign");
+        let numbered = office
+            .act(
+                &mut doc,
+                &id,
+                &clerk,
+                action_named("number"),
+                &Book {
+                    last: 6,
+                    closed: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(numbered, Outcome::Moved("numbered".into()));
+        assert_eq!(field(&doc, "number").as_deref(), Some("07"));
+        assert_eq!(field(&doc, "issued_date").unwrap(), today());
+        office.step(&mut doc, &id, &clerk, "org_sign");
+        office.step(&mut doc, &id, &clerk, "register");
+        office
+            .act(
+                &mut doc,
+                &id,
+                &clerk,
+                ActionRequest {
+                    action: "dispatch".into(),
+                    to: Some(vec!["42".into(), "18568".into()]),
+                    ..Default::default()
+                },
+                &OPEN,
+            )
+            .unwrap();
+        assert_eq!(field(&doc, "state").as_deref(), Some("dispatched"));
+        let header = model::read_header(&doc).unwrap();
+        assert_eq!(header.audience, vec!["18562", "18568", "42"]);
+        assert_eq!(dispatched_to(&doc), vec!["42", "18568"]);
+
+        // Who, when, from which node: every step.
+        let json = model::to_json(&id, &doc).unwrap();
+        let steps: Vec<&str> = json["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "submit", "approve", "sign", "number", "org_sign", "register", "dispatch"
+            ]
+        );
+        let sign = &json["history"][2];
+        assert_eq!(sign["by"], "leader");
+        assert_eq!(sign["role"], "leader");
+        assert_eq!(sign["node"], "node-a");
+        assert!(sign["at"].as_str().unwrap().ends_with("+07:00"));
+
+        // The leader signed the content before numbering, the organisation after it.
+        let checks = signature::verify_all(&id, &doc).unwrap();
+        assert_eq!(checks.len(), 2);
+        assert!(
+            checks.iter().all(|c| c.valid && c.covers_current),
+            "{checks:?}"
+        );
+        assert_eq!(checks[0].kind, "personal");
+        assert_eq!(checks[0].public_key, leader.user.public_key);
+        assert_eq!(checks[1].kind, "organisation");
+        assert_ne!(checks[0].content_hash, checks[1].content_hash);
+        // Numbering after the personal signature does not touch what it covers; a number
+        // changed afterwards would show on the organisation's.
+        assert!(checks[0].signed_at.ends_with("+07:00"));
+
+        // An edit afterwards: both hold for the version they signed, not the current one.
+        model::splice_body(&mut doc, 0, 0, "Sửa: ").unwrap();
+        let checks = signature::verify_all(&id, &doc).unwrap();
+        assert!(
+            checks.iter().all(|c| c.valid && !c.covers_current),
+            "{checks:?}"
+        );
+        assert!(
+            checks[0]
+                .problem
+                .as_deref()
+                .unwrap()
+                .contains("edited after signing")
+        );
+    }
+
+    #[test]
+    fn steps_out_of_order_or_role_are_refused_with_the_reason_and_change_nothing() {
+        let office = Office::new(true);
+        let (clerk, leader, member) = (
+            actor(UserRole::Clerk),
+            actor(UserRole::Leader),
+            actor(UserRole::Member),
+        );
+        let (id, mut doc) = draft(None);
+        let heads = doc.get_heads();
+        let err = office
+            .act(&mut doc, &id, &leader, action_named("sign"), &OPEN)
+            .unwrap_err();
+        assert!(matches!(err, LifecycleError::Illegal { .. }));
+        assert_eq!(
+            err.to_string(),
+            "cannot sign: the document is draft, and sign applies only to a document that \
+             is approved"
+        );
+        office.step(&mut doc, &id, &member, "submit");
+        let err = office
+            .act(&mut doc, &id, &member, action_named("approve"), &OPEN)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot approve: it is for a leader, and member is a member"
+        );
+        let err = office
+            .act(&mut doc, &id, &leader, action_named("return"), &OPEN)
+            .unwrap_err();
+        assert!(err.to_string().contains("say why"));
+        assert!(matches!(
+            office.act(&mut doc, &id, &clerk, action_named("publish"), &OPEN),
+            Err(LifecycleError::UnknownAction { .. })
+        ));
+        let steps = doc.get_changes(&heads).len();
+        assert_eq!(steps, 1, "only the submit was written");
+        office
+            .act(
+                &mut doc,
+                &id,
+                &leader,
+                ActionRequest {
+                    action: "return".into(),
+                    note: Some("Bổ sung căn cứ pháp lý".into()),
+                    ..Default::default()
+                },
+                &OPEN,
+            )
+            .unwrap();
+        assert_eq!(field(&doc, "state").as_deref(), Some("returned"));
+        office.step(&mut doc, &id, &member, "submit");
+    }
+
+    fn signed(office: &Office, secrecy: Option<&str>) -> (DocId, Automerge) {
+        let leader = actor(UserRole::Leader);
+        let (id, mut doc) = draft(secrecy);
+        office.step(&mut doc, &id, &leader, "submit");
+        office.step(&mut doc, &id, &leader, "approve");
+        office.step(&mut doc, &id, &leader, "sign");
+        (id, doc)
+    }
+
+    #[test]
+    fn away_from_the_registrar_a_number_is_asked_for_and_given_once_synced() {
+        let laptop = Office::new(false);
+        let clerk = actor(UserRole::Clerk);
+        let (id, mut doc) = signed(&laptop, None);
+        let outcome = laptop
+            .act(&mut doc, &id, &clerk, action_named("number"), &OPEN)
+            .unwrap();
+        assert_eq!(outcome, Outcome::AwaitingNumber);
+        assert_eq!(field(&doc, "state").as_deref(), Some(AWAITING_NUMBER));
+        assert_eq!(field(&doc, "number"), None);
+        let err = laptop
+            .act(&mut doc, &id, &clerk, action_named("org_sign"), &OPEN)
+            .unwrap_err();
+        assert!(matches!(err, LifecycleError::AwaitingNumber));
+        let (key, then) = pending_request(&doc).unwrap();
+        assert_eq!(key.series, Series::Outgoing);
+        assert_eq!(key.body, "UBND xã Thạch Hà");
+        assert_eq!(then, "numbered");
+
+        // The registrar, once it holds the request.
+        fulfil_request(&mut doc, Some(3), "registrar-node").unwrap();
+        assert_eq!(field(&doc, "state").as_deref(), Some("numbered"));
+        assert_eq!(field(&doc, "number").as_deref(), Some("03"));
+        assert!(pending_request(&doc).is_none());
+        let json = model::to_json(&id, &doc).unwrap();
+        assert_eq!(json["registration"]["number"], 3);
+        assert_eq!(
+            json["history"].as_array().unwrap().last().unwrap()["node"],
+            "registrar-node"
+        );
+        assert!(json["number_key"].as_str().unwrap().ends_with("|3"));
+        // Fulfilling again does nothing.
+        let heads = doc.get_heads();
+        fulfil_request(&mut doc, Some(4), "registrar-node").unwrap();
+        assert_eq!(doc.get_heads(), heads);
+    }
+
+    #[test]
+    fn a_closed_year_gives_no_number_here_nor_at_the_registrar() {
+        let registrar = Office::new(true);
+        let clerk = actor(UserRole::Clerk);
+        let (id, mut doc) = signed(&registrar, None);
+        let closed = Book {
+            last: 40,
+            closed: true,
+        };
+        let heads = doc.get_heads();
+        let err = registrar
+            .act(&mut doc, &id, &clerk, action_named("number"), &closed)
+            .unwrap_err();
+        assert!(matches!(err, LifecycleError::YearClosed { .. }), "{err}");
+        assert_eq!(doc.get_heads(), heads);
+
+        // A request queued elsewhere before the closing is refused when it arrives.
+        let laptop = Office::new(false);
+        laptop
+            .act(&mut doc, &id, &clerk, action_named("number"), &OPEN)
+            .unwrap();
+        fulfil_request(&mut doc, None, "registrar-node").unwrap();
+        assert_eq!(field(&doc, "state").as_deref(), Some("signed"));
+        assert_eq!(field(&doc, "number"), None);
+        let json = model::to_json(&id, &doc).unwrap();
+        let last = json["history"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["action"], "refuse_number");
+        assert!(last["note"].as_str().unwrap().contains("closed"));
+    }
+
+    #[test]
+    fn secret_documents_have_their_own_series_and_are_never_dispatched() {
+        let office = Office::new(true);
+        let clerk = actor(UserRole::Clerk);
+        let (id, mut doc) = signed(&office, Some("Mật"));
+        office.step(&mut doc, &id, &clerk, "number");
+        let json = model::to_json(&id, &doc).unwrap();
+        assert_eq!(json["registration"]["series"], "secret");
+        office.step(&mut doc, &id, &clerk, "org_sign");
+        office.step(&mut doc, &id, &clerk, "register");
+        let err = office
+            .act(
+                &mut doc,
+                &id,
+                &clerk,
+                ActionRequest {
+                    action: "dispatch".into(),
+                    to: Some(vec!["42".into()]),
+                    ..Default::default()
+                },
+                &OPEN,
+            )
+            .unwrap_err();
+        assert!(matches!(err, LifecycleError::SecretDispatch));
+        assert!(err.to_string().contains("never dispatched through sync"));
+        assert_eq!(model::read_header(&doc).unwrap().audience, vec!["18562"]);
+    }
+
+    #[test]
+    fn a_recalled_document_is_frozen() {
+        let office = Office::new(true);
+        let (clerk, leader) = (actor(UserRole::Clerk), actor(UserRole::Leader));
+        let (id, mut doc) = signed(&office, None);
+        office.step(&mut doc, &id, &clerk, "number");
+        office.step(&mut doc, &id, &leader, "recall");
+        assert!(matches!(
+            office.act(&mut doc, &id, &clerk, action_named("org_sign"), &OPEN),
+            Err(LifecycleError::Frozen)
+        ));
+        let edit = model::update_document(
+            &mut doc,
+            &DocumentPatch {
+                subject: Some("khác".into()),
+                ..Default::default()
+            },
+        );
+        assert!(edit.unwrap_err().to_string().contains("frozen"));
+    }
+
+    #[test]
+    fn an_incoming_document_is_registered_acknowledged_assigned_and_completed() {
+        let office = Office::new(true);
+        let (clerk, leader, member) = (
+            actor(UserRole::Clerk),
+            actor(UserRole::Leader),
+            actor(UserRole::Member),
+        );
+        let (source_id, mut source) = signed(&office, None);
+        office.step(&mut source, &source_id, &clerk, "number");
+        let b = Office {
+            unit: UnitCode::parse("18568").unwrap(),
+            ..Office::new(true)
+        };
+        let id = incoming_id(&source_id, "18568");
+        assert_eq!(id, incoming_id(&source_id, "18568"));
+        assert_ne!(id, incoming_id(&source_id, "42"));
+        let mut doc = create_incoming(&source_id, &source, "18568", "node-b").unwrap();
+        assert_eq!(field(&doc, "state").as_deref(), Some("received"));
+        assert_eq!(field(&doc, "number"), field(&source, "number"));
+        assert_eq!(source_of(&doc), Some(source_id.clone()));
+        assert_eq!(
+            model::read_header(&doc).unwrap().audience,
+            vec!["18562", "18568"]
+        );
+        b.step(&mut doc, &id, &clerk, "register");
+        assert_eq!(field(&doc, "arrival_number").as_deref(), Some("01"));
+        assert_eq!(field(&doc, "number"), field(&source, "number"));
+        b.step(&mut doc, &id, &clerk, "acknowledge");
+        let err = b
+            .act(&mut doc, &id, &leader, action_named("assign"), &OPEN)
+            .unwrap_err();
+        assert!(err.to_string().contains("lead"));
+        b.act(
+            &mut doc,
+            &id,
+            &leader,
+            ActionRequest {
+                action: "assign".into(),
+                lead: Some("Văn phòng HĐND và UBND".into()),
+                deadline: Some("2999-12-31".into()),
+                ..Default::default()
+            },
+            &OPEN,
+        )
+        .unwrap();
+        b.step(&mut doc, &id, &member, "start");
+        b.step(&mut doc, &id, &member, "complete");
+        let json = model::to_json(&id, &doc).unwrap();
+        assert_eq!(json["state"], "completed");
+        assert_eq!(json["completion"]["on_time"], true);
+        assert_eq!(json["direction"], "incoming");
+        // The sender's number on an incoming document is not one of this unit's.
+        assert!(
+            json["number_key"]
+                .as_str()
+                .unwrap()
+                .starts_with("reg|18568|incoming|")
+        );
+    }
+
+    #[test]
+    fn a_received_change_with_a_bad_or_missing_signature_or_a_forged_receipt_is_refused() {
+        let office = Office::new(true);
+        let (id, doc) = signed(&office, None);
+        let nothing = |_: &DocId| None;
+        check_received(&id, &doc, &[], nothing).unwrap();
+        // The same signature moved to another record does not verify.
+        assert!(check_received(&DocId::new(), &doc, &[], nothing).is_err());
+
+        // Any signed field altered.
+        let mut forged = doc.fork();
+        let list = model::get_obj(&forged, ROOT, "signatures", ObjType::List).unwrap();
+        let entry = match forged.get(&list, 0).unwrap().unwrap() {
+            (Value::Object(ObjType::Map), m) => m,
+            _ => unreachable!(),
+        };
+        let mut tx = forged.transaction();
+        tx.put(&entry, "name", "Người khác").unwrap();
+        tx.commit();
+        let err = check_received(&id, &forged, &doc.get_heads(), nothing).unwrap_err();
+        assert!(err.contains("does not verify"), "{err}");
+
+        // A signature removed.
+        let mut removed = doc.fork();
+        let mut tx = removed.transaction();
+        tx.delete(ROOT, "signatures").unwrap();
+        tx.commit();
+        let err = check_received(&id, &removed, &doc.get_heads(), nothing).unwrap_err();
+        assert!(err.contains("removes or alters"), "{err}");
+
+        // A receipt from a unit the document was not dispatched to.
+        let receipt = create_incoming(&id, &doc, "18568", "node-b").unwrap();
+        let rid = incoming_id(&id, "18568");
+        let err = check_received(&rid, &receipt, &[], |_| Some(vec!["42".into()])).unwrap_err();
+        assert!(err.contains("not dispatched to it"), "{err}");
+        check_received(&rid, &receipt, &[], |_| Some(vec!["18568".into()])).unwrap();
+    }
+}

@@ -1,0 +1,287 @@
+//! An official document's way from one commune to the province and to another commune,
+//! with real processes: Xã Thạch Hà (A) and Xã Lộc Hà (B) under the cluster relay of the
+//! former Huyện Thạch Hà, the province relay of Hà Tĩnh above it, and the province
+//! office's node (P) below that. A's member drafts, A's chairman approves and signs, A's
+//! clerk numbers (number 1 of the year), applies the organisation's signature, registers
+//! and dispatches to P and B; each sees it as incoming with both signatures verifiable,
+//! registers and acknowledges it, and A sees both acknowledgements. A document signed and
+//! edited afterwards shows its signature valid for the signed version only, on every node.
+
+use std::time::Duration;
+
+use scenario::{Kind, Process, roster, wait_for};
+use serde_json::{Value, json};
+
+const A: &str = "18562";
+const B: &str = "18568";
+const PROVINCE: &str = "42";
+const CLUSTER: &str = "42-445";
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// The incoming document a node keeps for `source`, once it has one.
+fn incoming(node: &Process, source: &str) -> Option<Value> {
+    node.documents()
+        .into_iter()
+        .find(|d| d["source"]["document"] == source)
+        .map(|d| node.get(&format!("/api/v1/documents/{}", id(&d))))
+}
+
+/// Percent-encodes a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn assert_signatures_hold(node: &str, checks: &Value, kinds: &[&str]) {
+    let checks = checks.as_array().unwrap();
+    let found: Vec<&str> = checks.iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    assert_eq!(found, kinds, "signatures on {node}: {checks:?}");
+    for c in checks {
+        assert_eq!(c["valid"], true, "on {node}: {c}");
+        assert_eq!(c["covers_current"], true, "on {node}: {c}");
+    }
+}
+
+#[test]
+fn a_signed_numbered_dispatch_arrives_as_incoming_and_its_acknowledgements_return() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let mut province = Process::init(dir, "relay-province", Kind::Relay, PROVINCE);
+    let mut cluster = Process::init(dir, "relay-cluster", Kind::Relay, CLUSTER);
+    let mut a = Process::init(dir, "node-A", Kind::Node, A);
+    let mut b = Process::init(dir, "node-B", Kind::Node, B);
+    let mut p = Process::init(dir, "node-P", Kind::Node, PROVINCE);
+    let roster = roster(
+        dir,
+        "roster.toml",
+        &[
+            (&a, A),
+            (&b, B),
+            (&p, PROVINCE),
+            (&cluster, CLUSTER),
+            (&province, PROVINCE),
+        ],
+    );
+    let roster = roster.to_str().unwrap();
+    province.with_args(&["--roster", roster]);
+    let up = province.addr();
+    cluster.with_args(&["--roster", roster, "--upstream", &up]);
+    let down = cluster.addr();
+    a.with_args(&["--relay", &down, "--registrar"]);
+    b.with_args(&["--relay", &down, "--registrar"]);
+    p.with_args(&["--relay", &up, "--registrar"]);
+    a.add_user("chuyenvien", "member", "Trần Thị Bình", "Chuyên viên");
+    a.add_user("chutich", "leader", "Nguyễn Văn An", "Chủ tịch");
+    a.add_user("vanthu", "clerk", "Lê Thị Cúc", "Văn thư");
+    b.add_user("vanthu", "clerk", "Phạm Văn Dũng", "Văn thư");
+    p.add_user("vanthu", "clerk", "Hoàng Thị Em", "Văn thư");
+    for proc in [&mut province, &mut cluster, &mut a, &mut b, &mut p] {
+        proc.start();
+    }
+
+    // Once users exist, nothing but sign-in and status answers without a token.
+    let r = a.try_get("/api/v1/documents").unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("sign in"));
+
+    a.act_as(Some("chuyenvien"));
+    let doc = id(&a.post(
+        "/api/v1/documents",
+        &json!({
+            "type": "Công văn",
+            "notation": "UBND-VP",
+            "issuer": "UBND xã Thạch Hà",
+            "place": "Thạch Hà",
+            "subject": "V/v báo cáo tình hình thiệt hại do bão số 3",
+            "body": "Kính gửi: UBND tỉnh Hà Tĩnh; UBND xã Lộc Hà.\nUBND xã Thạch Hà báo cáo …",
+            "recipients": ["UBND tỉnh Hà Tĩnh", "UBND xã Lộc Hà", "Lưu: VT"],
+        }),
+    ));
+    a.action(&doc, "submit", json!({}));
+
+    // A step out of order, or in the wrong role, is refused and changes nothing.
+    a.act_as(Some("vanthu"));
+    let heads = a.get(&format!("/api/v1/documents/{doc}"))["heads"].clone();
+    let r = a.try_action(&doc, &json!({ "action": "number" }));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("only to a document that is signed"),
+        "{}",
+        r.body
+    );
+    let r = a.try_action(&doc, &json!({ "action": "approve" }));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("for a leader"));
+    assert_eq!(a.get(&format!("/api/v1/documents/{doc}"))["heads"], heads);
+
+    a.act_as(Some("chutich"));
+    a.action(&doc, "approve", json!({}));
+    a.action(&doc, "sign", json!({}));
+    a.act_as(Some("vanthu"));
+    let numbered = a.action(&doc, "number", json!({}));
+    assert_eq!(numbered["state"], "numbered");
+    assert_eq!(numbered["number"], "01", "the first number of the year");
+    assert_eq!(numbered["registration"]["number"], 1);
+    a.action(&doc, "org_sign", json!({}));
+    a.action(&doc, "register", json!({}));
+    let sent = a.action(&doc, "dispatch", json!({ "to": [PROVINCE, B] }));
+    assert_eq!(sent["state"], "dispatched");
+    assert_signatures_hold("A", &sent["signatures"], &["personal", "organisation"]);
+    assert_eq!(sent["signatures"][0]["name"], "Nguyễn Văn An");
+    assert_eq!(sent["signatures"][0]["title"], "Chủ tịch");
+    let steps: Vec<&str> = sent["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "submit", "approve", "sign", "number", "org_sign", "register", "dispatch"
+        ]
+    );
+    assert!(
+        sent["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["node"] == a.id.as_str() && s["at"].as_str().unwrap().ends_with("+07:00"))
+    );
+
+    // A secret document is refused at dispatch with the reason.
+    a.act_as(Some("chuyenvien"));
+    let secret = id(&a.post(
+        "/api/v1/documents",
+        &json!({ "type": "Công văn", "subject": "Tài liệu mật", "secrecy": "Mật" }),
+    ));
+    a.action(&secret, "submit", json!({}));
+    a.act_as(Some("chutich"));
+    a.action(&secret, "approve", json!({}));
+    a.action(&secret, "sign", json!({}));
+    a.act_as(Some("vanthu"));
+    a.action(&secret, "number", json!({}));
+    a.action(&secret, "org_sign", json!({}));
+    a.action(&secret, "register", json!({}));
+    let r = a.try_action(&secret, &json!({ "action": "dispatch", "to": [PROVINCE] }));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("never dispatched through sync")
+    );
+
+    // At P and at B: an incoming document with the sender's number, notation and
+    // signatures, checked there.
+    for (name, node) in [("P", &mut p), ("B", &mut b)] {
+        node.act_as(Some("vanthu"));
+        let inc = wait_for(&format!("the dispatch to arrive at {name}"), SETTLE, || {
+            incoming(&*node, &doc)
+        });
+        assert_eq!(inc["direction"], "incoming");
+        assert_eq!(inc["state"], "received");
+        assert_eq!(inc["number"], "01");
+        assert_eq!(inc["notation"], "UBND-VP");
+        assert_eq!(inc["source"]["unit"], A);
+        let source = &inc["source_document"];
+        assert_eq!(source["held"], true, "on {name}: {inc}");
+        assert_eq!(source["number"], "01");
+        assert_signatures_hold(name, &source["signatures"], &["personal", "organisation"]);
+        let inc_id = id(&inc);
+        let registered = node.action(&inc_id, "register", json!({}));
+        assert_eq!(registered["arrival_number"], "01", "on {name}");
+        node.action(&inc_id, "acknowledge", json!({}));
+    }
+    assert!(
+        p.stored_ids().contains(&doc) && b.stored_ids().contains(&doc),
+        "the dispatched document itself is held by its recipients"
+    );
+    assert!(!p.stored_ids().contains(&secret) && !b.stored_ids().contains(&secret));
+
+    // Both acknowledgements reach the sender's copy.
+    let back = wait_for("both acknowledgements to reach A", SETTLE, || {
+        let d = a.get(&format!("/api/v1/documents/{doc}"));
+        (d["acknowledged_by_all"] == true).then_some(d)
+    });
+    let receipts = back["receipts"].as_array().unwrap();
+    let units: Vec<&str> = receipts
+        .iter()
+        .map(|r| r["unit"].as_str().unwrap())
+        .collect();
+    assert_eq!(units, [B, PROVINCE]);
+    for r in receipts {
+        assert_eq!(r["acknowledged"], true, "{r}");
+        assert_eq!(r["acknowledged_by"], "vanthu");
+        assert_eq!(r["arrival_number"], "01");
+    }
+    // The outgoing register prints it with the acknowledgements.
+    let year = back["registration"]["year"].as_i64().unwrap();
+    let book = a.get(&format!(
+        "/api/v1/registers/outgoing/{year}?body={}",
+        encode("UBND xã Thạch Hà")
+    ));
+    let entry = &book["entries"][0];
+    assert_eq!(entry["cells"][0], "01/UBND-VP");
+    assert_eq!(entry["cells"][3], "Chủ tịch Nguyễn Văn An");
+    assert_eq!(entry["cells"][8], "Xã Lộc Hà, Tỉnh Hà Tĩnh", "{entry}");
+
+    // (c) A document signed and then edited: valid for the signed version, not for the
+    // current one, on every node that holds it.
+    a.act_as(Some("chuyenvien"));
+    let memo = id(&a.post(
+        "/api/v1/documents",
+        &json!({
+            "type": "Kế hoạch",
+            "subject": "Kế hoạch phòng chống thiên tai năm 2027",
+            "body": "I. MỤC ĐÍCH\n1. Chủ động phòng ngừa.",
+            "audience": [B, PROVINCE],
+        }),
+    ));
+    a.action(&memo, "submit", json!({}));
+    a.act_as(Some("chutich"));
+    a.action(&memo, "approve", json!({}));
+    let signed = a.action(&memo, "sign", json!({}));
+    let signed_heads = signed["signatures"][0]["heads"].clone();
+    a.act_as(Some("chuyenvien"));
+    let edited = a.patch(
+        &format!("/api/v1/documents/{memo}"),
+        &json!({ "body": "I. MỤC ĐÍCH\n1. Chủ động phòng ngừa, ứng phó kịp thời." }),
+    );
+    let current = edited["heads"].clone();
+    for (name, node) in [("A", &a), ("B", &b), ("P", &p)] {
+        let check = wait_for(&format!("the edited memo on {name}"), SETTLE, || {
+            let r = node
+                .try_get(&format!("/api/v1/documents/{memo}/signatures"))
+                .ok()?;
+            (r.status == 200 && r.body["heads"] == current).then_some(r.body)
+        });
+        let sig = &check["signatures"][0];
+        assert_eq!(
+            check["signatures"].as_array().unwrap().len(),
+            1,
+            "on {name}"
+        );
+        assert_eq!(sig["valid"], true, "on {name}: {sig}");
+        assert_eq!(sig["covers_current"], false, "on {name}: {sig}");
+        assert_eq!(sig["heads"], signed_heads, "on {name}");
+        assert!(
+            sig["problem"]
+                .as_str()
+                .unwrap()
+                .contains("edited after signing"),
+            "on {name}: {sig}"
+        );
+    }
+}
