@@ -714,3 +714,138 @@ fn a_configured_peer_cannot_pass_itself_off_as_a_relay() {
     let r = a.store.batch(|s| a.session.handle(s, hello));
     assert!(matches!(r, Err(ProtocolError::WrongRole { .. })), "{r:?}");
 }
+
+/// A document of A's, shared with B and the province, taken through its lifecycle on A's
+/// registrar up to `until` (the last action taken).
+fn signed_document(store: &mut Store, until: &str) -> DocId {
+    use crate::lifecycle::{ActionRequest, Context};
+    use crate::users::{Directory, UserRole};
+    let users = Directory::in_memory().unwrap();
+    users
+        .add(
+            "chutich",
+            UserRole::Leader,
+            "Nguyễn Văn An",
+            "Chủ tịch",
+            "mật khẩu 1",
+        )
+        .unwrap();
+    users
+        .add(
+            "vanthu",
+            UserRole::Clerk,
+            "Lê Thị Cúc",
+            "Văn thư",
+            "mật khẩu 2",
+        )
+        .unwrap();
+    let leader = users.login("chutich", "mật khẩu 1").unwrap().1;
+    let clerk = users.login("vanthu", "mật khẩu 2").unwrap().1;
+    let id = create(store, &header(A, &[A, B]), "văn bản đã ký");
+    let unit = UnitCode::parse(A).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let steps: &[(&str, &crate::users::Actor, Option<Vec<String>>)] = &[
+        ("submit", &leader, None),
+        ("approve", &leader, None),
+        ("sign", &leader, None),
+        ("number", &clerk, None),
+        ("org_sign", &clerk, None),
+        ("register", &clerk, None),
+        ("dispatch", &clerk, Some(vec!["42".to_string()])),
+    ];
+    for (action, who, to) in steps {
+        let mut doc = store.take(&id).unwrap().unwrap();
+        let before = doc.get_heads();
+        let ctx = Context {
+            actor: who,
+            node: "a",
+            unit: &unit,
+            unit_name: "Xã Thạch Hà",
+            registrar: true,
+            org_key: &key,
+        };
+        let request = ActionRequest {
+            action: action.to_string(),
+            to: to.clone(),
+            ..Default::default()
+        };
+        crate::lifecycle::apply(&mut doc, &id, &request, &ctx, &*store).unwrap();
+        store.put(&id, doc, &before).unwrap();
+        if *action == until {
+            break;
+        }
+    }
+    id
+}
+
+#[test]
+fn a_signature_altered_or_removed_by_a_peer_is_refused_and_the_session_goes_on() {
+    use automerge::transaction::Transactable;
+    use automerge::{ObjType, ROOT, ReadDoc, Value};
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let doc = signed_document(&mut a.store, "sign");
+    run(&mut a, &mut b);
+    let before = json(&mut a.store, &doc);
+    assert_eq!(json(&mut b.store, &doc), before);
+
+    type Forgery = fn(&mut automerge::Automerge) -> Result<(), model::ModelError>;
+    let forgeries: [(&str, Forgery); 2] = [
+        ("renames the signer", |d| {
+            let list = match d.get(ROOT, "signatures")? {
+                Some((Value::Object(ObjType::List), l)) => l,
+                _ => unreachable!("signed"),
+            };
+            let entry = match d.get(&list, 0)? {
+                Some((Value::Object(ObjType::Map), m)) => m,
+                _ => unreachable!("one signature"),
+            };
+            let mut tx = d.transaction();
+            tx.put(&entry, "name", "Kẻ mạo danh")?;
+            tx.commit();
+            Ok(())
+        }),
+        ("removes the signature", |d| {
+            let mut tx = d.transaction();
+            tx.delete(ROOT, "signatures")?;
+            tx.commit();
+            Ok(())
+        }),
+    ];
+    for (what, forge) in forgeries {
+        let mut forger = side("b", member(B, Role::Node), "a");
+        restart_session(&mut a, member(A, Role::Node), "b");
+        run(&mut a, &mut forger);
+        forger.store.modify(&doc, forge).unwrap();
+        let fresh = create(&mut forger.store, &header(B, &[A, B]), what);
+        restart_session(&mut a, member(A, Role::Node), "b");
+        restart_session(&mut forger, member(B, Role::Node), "a");
+        run(&mut a, &mut forger);
+        assert_eq!(json(&mut a.store, &doc), before, "a forgery that {what}");
+        assert!(a.session.stats().changes_refused >= 1, "{what}");
+        // The session carried on: B's honest record arrived.
+        assert!(a.store.contains(&fresh).unwrap(), "{what}");
+        let checks = crate::signature::verify_all(&doc, a.store.get(&doc).unwrap().unwrap());
+        assert!(checks.unwrap()[0].valid);
+    }
+}
+
+#[test]
+fn a_receipt_from_a_unit_the_document_was_not_sent_to_is_refused() {
+    let mut a = side("a", member(A, Role::Node), "b");
+    let mut b = side("b", member(B, Role::Node), "a");
+    let doc = signed_document(&mut a.store, "dispatch");
+    run(&mut a, &mut b);
+    // B sees the document (it is in the audience) but it was dispatched to the province
+    // only; B forges the receipt a recipient would write.
+    let source = b.store.get(&doc).unwrap().unwrap().clone();
+    let forged_id = crate::lifecycle::incoming_id(&doc, B);
+    let forged = crate::lifecycle::create_incoming(&doc, &source, B, "b").unwrap();
+    b.store.put(&forged_id, forged, &[]).unwrap();
+    restart_session(&mut a, member(A, Role::Node), "b");
+    restart_session(&mut b, member(B, Role::Node), "a");
+    run(&mut a, &mut b);
+    assert!(!a.store.contains(&forged_id).unwrap());
+    assert!(a.store.incoming_of(&doc).unwrap().is_empty());
+    assert!(a.session.stats().changes_refused >= 1);
+}
