@@ -33,6 +33,15 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         (a.try_post("/api/v1/documents", &json!(["Quyết định", "01"])), 400),
         (a.try_post("/api/v1/documents", &json!({ "issued_date": "hôm qua" })), 400),
         (a.try_patch(&path, &json!({ "due_date": "2026-13-32" })), 400),
+        // A state changes only through an action, and an action needs a signed-in user.
+        (a.try_patch(&path, &json!({ "state": "filed" })), 400),
+        (a.try_patch(&path, &json!({ "direction": "incoming" })), 400),
+        (a.try_post("/api/v1/documents", &json!({ "direction": "sideways" })), 400),
+        (a.try_post(&format!("{path}/actions"), &json!({ "action": "approve" })), 401),
+        (a.try_post("/api/v1/login", &json!({ "user": "nobody", "password": "12345678" })), 401),
+        (a.try_get("/api/v1/registers/daily/2026"), 400),
+        (a.try_get("/api/v1/registers/outgoing/2026?format=pdf"), 400),
+        (a.try_post("/api/v1/registers/outgoing/2026/close", &json!({})), 401),
         // What a page on another site could make the clerk's browser send.
         (a.try_raw("POST", "/api/v1/documents", &[("Content-Type", "text/plain"), ("Origin", "http://evil.example")], r#"{"subject":"csrf"}"#), 403),
         (a.try_raw("POST", "/api/v1/documents", &[("Content-Type", "application/json"), ("Origin", "http://evil.example")], r#"{"subject":"csrf"}"#), 403),

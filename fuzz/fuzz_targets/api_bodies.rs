@@ -1,10 +1,42 @@
 //! HTTP request bodies as the node parses and applies them: a new document's fields, a
-//! PATCH (fields, a whole new body, a splice) and a new annotation. Each is refused with
-//! an error or applied, and the document stays readable.
+//! PATCH (fields, a whole new body, a splice), a new annotation and a lifecycle action.
+//! Each is refused with an error or applied, and the document stays readable with its
+//! signatures checkable.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sync_core::model::{self, DocId, DocumentPatch, Header, Kind, NewAnnotation};
+use std::sync::OnceLock;
+
+use sync_core::lifecycle::{self, ActionRequest, Context, Registry, SeriesKey};
+use sync_core::model::{self, DocId, DocumentPatch, Header, Kind, ModelError, NewAnnotation};
+use sync_core::users::{Actor, Directory, UserRole};
+
+struct Book;
+
+impl Registry for Book {
+    fn is_closed(&self, key: &SeriesKey) -> Result<bool, ModelError> {
+        Ok(key.year < 2020)
+    }
+    fn last_number(&self, _: &SeriesKey) -> Result<u32, ModelError> {
+        Ok(u32::MAX)
+    }
+}
+
+/// Users of every role, made once (hashing a password is slow on purpose).
+fn users() -> &'static [Actor] {
+    static USERS: OnceLock<Vec<Actor>> = OnceLock::new();
+    USERS.get_or_init(|| {
+        let dir = Directory::in_memory().expect("in memory");
+        UserRole::ALL
+            .iter()
+            .map(|role| {
+                dir.add(role.as_str(), *role, "", "", "mật khẩu dài")
+                    .expect("added");
+                dir.login(role.as_str(), "mật khẩu dài").expect("signs in").1
+            })
+            .collect()
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     let header = Header {
@@ -35,6 +67,27 @@ fuzz_target!(|data: &[u8]| {
         };
         if let Ok(note) = model::create_annotation(&note_header, &DocId::new(), &doc, &input) {
             model::annotation_json(&DocId::new(), &note, &doc).expect("resolves");
+        }
+    }
+    if let Ok(request) = serde_json::from_slice::<ActionRequest>(data) {
+        let id = DocId::new();
+        let unit = sync_core::units::UnitCode::parse("18562").expect("a commune");
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        for (i, actor) in users().iter().enumerate() {
+            let ctx = Context {
+                actor,
+                node: "fuzz",
+                unit: &unit,
+                unit_name: "Xã Thạch Hà",
+                registrar: i % 2 == 0,
+                org_key: &key,
+            };
+            let heads = doc.get_heads();
+            if lifecycle::apply(&mut doc, &id, &request, &ctx, &Book).is_err() {
+                assert_eq!(doc.get_heads(), heads, "a refused action changes nothing");
+            }
+            model::to_json(&id, &doc).expect("still readable");
+            sync_core::signature::verify_all(&id, &doc).expect("checkable");
         }
     }
 });

@@ -622,10 +622,11 @@ pub fn registrar_round(store: &mut Store, node: &str) -> Result<(), StoreError> 
         let Some((key, _)) = lifecycle::pending_request(doc) else {
             continue;
         };
+        // A closed year, or one with no number left: the request is refused.
         let number = if store.is_closed(&key.as_string())? {
             None
         } else {
-            Some(store.last_number(&key.as_string())? + 1)
+            lifecycle::next_number(store.last_number(&key.as_string())?).ok()
         };
         store.modify(&id, |d| lifecycle::fulfil_request(d, number, node))?;
         match number {

@@ -137,6 +137,12 @@ impl SeriesKey {
     }
 }
 
+/// The number after `last` in a series.
+pub fn next_number(last: u32) -> Result<u32, ModelError> {
+    last.checked_add(1)
+        .ok_or_else(|| ModelError::Invalid("the register has no number left this year".into()))
+}
+
 /// Numbers below 10 are written with a leading zero (Decree 30, art. 15).
 pub fn format_number(n: u32) -> String {
     format!("{n:02}")
@@ -592,7 +598,7 @@ pub fn apply(
                 });
             }
             let next = if ctx.registrar {
-                Some(registry.last_number(&key)? + 1)
+                Some(next_number(registry.last_number(&key)?)?)
             } else {
                 None
             };
