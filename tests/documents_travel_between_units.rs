@@ -22,12 +22,13 @@ fn id(v: &Value) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
-/// The incoming document a node keeps for `source`, once it has one.
+/// The incoming document a node keeps for `source`, once it is in its incoming queue.
 fn incoming(node: &Process, source: &str) -> Option<Value> {
-    node.documents()
-        .into_iter()
+    node.get("/api/v1/documents?direction=incoming&state=received")["documents"]
+        .as_array()?
+        .iter()
         .find(|d| d["source"]["document"] == source)
-        .map(|d| node.get(&format!("/api/v1/documents/{}", id(&d))))
+        .map(|d| node.get(&format!("/api/v1/documents/{}", id(d))))
 }
 
 /// Percent-encodes a query value.

@@ -454,6 +454,10 @@ struct ListQuery {
     limit: Option<usize>,
     after: Option<String>,
     deleted: Option<bool>,
+    /// Only documents in this lifecycle state (`received`: the incoming queue).
+    state: Option<String>,
+    /// Only `outgoing` or only `incoming` documents.
+    direction: Option<String>,
 }
 
 async fn list_documents(
@@ -474,7 +478,18 @@ async fn list_documents(
         ),
         None => None,
     };
+    if let Some(d) = query.direction.as_deref()
+        && !matches!(d, "outgoing" | "incoming")
+    {
+        return Err(ApiError::bad_request(
+            "direction is \"outgoing\" or \"incoming\"",
+        ));
+    }
     let page = with_store(&state, move |s| {
+        let filter = sync_core::store::ListFilter {
+            state: query.state.as_deref(),
+            direction: query.direction.as_deref(),
+        };
         Ok(service::list_page(
             s,
             Some(Kind::Document),
@@ -482,6 +497,7 @@ async fn list_documents(
             after.as_ref(),
             limit,
             query.deleted.unwrap_or(false),
+            &filter,
         )?)
     })
     .await?;

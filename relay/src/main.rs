@@ -374,6 +374,7 @@ async fn list(
             after.as_ref(),
             limit,
             q.deleted.unwrap_or(false),
+            &Default::default(),
         )
         .map_err(|e| e.to_string())
     })

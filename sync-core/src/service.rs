@@ -13,7 +13,7 @@ use crate::identity::{self, IdentityError};
 use crate::model::{DocId, Kind};
 use crate::net::{Net, SharedStore};
 use crate::policy::{Member, Role};
-use crate::store::{Store, StoreError};
+use crate::store::{ListFilter, Store, StoreError};
 use crate::units::{Level, UnitCode, UnitError};
 
 /// The file name of the store inside a data directory.
@@ -274,8 +274,9 @@ pub fn list_page(
     after: Option<&DocId>,
     limit: usize,
     include_deleted: bool,
+    filter: &ListFilter<'_>,
 ) -> Result<Json, StoreError> {
-    let docs = store.list(kind, query, after, limit, include_deleted)?;
+    let docs = store.list_filtered(kind, query, after, limit, include_deleted, filter)?;
     let next = if docs.len() == limit {
         docs.last()
             .and_then(|d| d["id"].as_str())

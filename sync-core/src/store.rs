@@ -176,6 +176,15 @@ CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
 );
 ";
 
+/// What a listing keeps besides kind, search and deletion.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter<'a> {
+    /// A lifecycle state, such as `received` (the incoming queue).
+    pub state: Option<&'a str>,
+    /// `outgoing` or `incoming`.
+    pub direction: Option<&'a str>,
+}
+
 impl crate::lifecycle::Registry for Store {
     fn is_closed(&self, key: &crate::lifecycle::SeriesKey) -> Result<bool, ModelError> {
         Store::is_closed(self, &key.as_string()).map_err(|e| ModelError::Invalid(e.to_string()))
@@ -706,6 +715,26 @@ impl Store {
         limit: usize,
         include_deleted: bool,
     ) -> Result<Vec<Json>, StoreError> {
+        self.list_filtered(
+            kind,
+            query,
+            after,
+            limit,
+            include_deleted,
+            &ListFilter::default(),
+        )
+    }
+
+    /// [`Store::list`], keeping only the documents in a lifecycle state or direction.
+    pub fn list_filtered(
+        &self,
+        kind: Option<Kind>,
+        query: Option<&str>,
+        after: Option<&DocId>,
+        limit: usize,
+        include_deleted: bool,
+        filter: &ListFilter<'_>,
+    ) -> Result<Vec<Json>, StoreError> {
         let after = after.map(DocId::as_str).unwrap_or("");
         let match_expr = query.map(fts_query);
         if match_expr.as_deref() == Some("") {
@@ -714,7 +743,10 @@ impl Store {
         }
         let sql = format!(
             "SELECT json FROM records
-             WHERE (?1 IS NULL OR kind = ?1) AND id > ?2 AND (?3 OR deleted = 0) {}
+             WHERE (?1 IS NULL OR kind = ?1) AND id > ?2 AND (?3 OR deleted = 0)
+               AND (?6 IS NULL OR json_extract(json, '$.state') = ?6)
+               AND (?7 IS NULL OR coalesce(json_extract(json, '$.direction'), 'outgoing') = ?7)
+               {}
              ORDER BY id LIMIT ?4",
             if match_expr.is_some() {
                 "AND id IN (SELECT record FROM search WHERE search MATCH ?5)"
@@ -729,7 +761,9 @@ impl Store {
                 after,
                 include_deleted,
                 limit as i64,
-                match_expr
+                match_expr,
+                filter.state,
+                filter.direction
             ],
             |r| r.get::<_, String>(0),
         )?;
