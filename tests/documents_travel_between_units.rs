@@ -76,13 +76,14 @@ fn a_signed_numbered_dispatch_arrives_as_incoming_and_its_acknowledgements_retur
     let up = province.addr();
     cluster.with_args(&["--roster", roster, "--upstream", &up]);
     let down = cluster.addr();
-    a.with_args(&["--relay", &down, "--registrar"]);
-    b.with_args(&["--relay", &down, "--registrar"]);
-    p.with_args(&["--relay", &up, "--registrar"]);
+    a.with_args(&["--relay", &down, "--registrar", "--roster", roster]);
+    b.with_args(&["--relay", &down, "--registrar", "--roster", roster]);
+    p.with_args(&["--relay", &up, "--registrar", "--roster", roster]);
     a.add_user("chuyenvien", "member", "Trần Thị Bình", "Chuyên viên");
     a.add_user("chutich", "leader", "Nguyễn Văn An", "Chủ tịch");
     a.add_user("vanthu", "clerk", "Lê Thị Cúc", "Văn thư");
     b.add_user("vanthu", "clerk", "Phạm Văn Dũng", "Văn thư");
+    b.add_user("chutich", "leader", "Đỗ Văn Giang", "Chủ tịch");
     p.add_user("vanthu", "clerk", "Hoàng Thị Em", "Văn thư");
     for proc in [&mut province, &mut cluster, &mut a, &mut b, &mut p] {
         proc.start();
@@ -141,6 +142,8 @@ fn a_signed_numbered_dispatch_arrives_as_incoming_and_its_acknowledgements_retur
     assert_signatures_hold("A", &sent["signatures"], &["personal", "organisation"]);
     assert_eq!(sent["signatures"][0]["name"], "Nguyễn Văn An");
     assert_eq!(sent["signatures"][0]["title"], "Chủ tịch");
+    assert_eq!(sent["signatures"][0]["signer_known"], true);
+    assert_eq!(sent["signatures"][1]["signer_known"], true);
     let steps: Vec<&str> = sent["history"]
         .as_array()
         .unwrap()
@@ -200,6 +203,14 @@ fn a_signed_numbered_dispatch_arrives_as_incoming_and_its_acknowledgements_retur
         assert_eq!(source["held"], true, "on {name}: {inc}");
         assert_eq!(source["number"], "01");
         assert_signatures_hold(name, &source["signatures"], &["personal", "organisation"]);
+        // The organisation's key is A's node, on the roster for A's unit; the chairman's
+        // key is known only on A.
+        assert_eq!(source["signatures"][1]["signer_known"], true, "on {name}");
+        assert_eq!(
+            source["signatures"][0]["signer_known"],
+            Value::Null,
+            "on {name}"
+        );
         let inc_id = id(&inc);
         let registered = node.action(&inc_id, "register", json!({}));
         assert_eq!(registered["arrival_number"], "01", "on {name}");
@@ -238,6 +249,36 @@ fn a_signed_numbered_dispatch_arrives_as_incoming_and_its_acknowledgements_retur
     assert_eq!(entry["cells"][3], "Chủ tịch Nguyễn Văn An");
     assert_eq!(entry["cells"][8], "Xã Lộc Hà, Tỉnh Hà Tĩnh", "{entry}");
 
+    // A second sender: the province's arrival numbers run on, whoever sends.
+    b.act_as(Some("chutich"));
+    let reply = id(&b.post(
+        "/api/v1/documents",
+        &json!({ "type": "Báo cáo", "notation": "BC-UBND", "subject": "Báo cáo của Lộc Hà" }),
+    ));
+    for step in ["submit", "approve", "sign"] {
+        b.action(&reply, step, json!({}));
+    }
+    b.act_as(Some("vanthu"));
+    for step in ["number", "org_sign", "register"] {
+        b.action(&reply, step, json!({}));
+    }
+    b.action(&reply, "dispatch", json!({ "to": [PROVINCE] }));
+    let second = wait_for("B's report to arrive at P", SETTLE, || incoming(&p, &reply));
+    assert_eq!(second["number"], "01", "B's own first number");
+    let registered = p.action(&id(&second), "register", json!({}));
+    assert_eq!(
+        registered["arrival_number"], "02",
+        "one arrival series at P"
+    );
+    let book = p.get(&format!("/api/v1/registers/incoming/{year}"));
+    let arrivals: Vec<&str> = book["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["cells"][1].as_str().unwrap())
+        .collect();
+    assert_eq!(arrivals, ["01", "02"], "{book}");
+
     // (c) A document signed and then edited: valid for the signed version, not for the
     // current one, on every node that holds it.
     a.act_as(Some("chuyenvien"));
@@ -245,6 +286,7 @@ fn a_signed_numbered_dispatch_arrives_as_incoming_and_its_acknowledgements_retur
         "/api/v1/documents",
         &json!({
             "type": "Kế hoạch",
+            "issuer": "UBND Xã Thạch Hà",
             "subject": "Kế hoạch phòng chống thiên tai năm 2027",
             "body": "I. MỤC ĐÍCH\n1. Chủ động phòng ngừa.",
             "audience": [B, PROVINCE],
@@ -285,4 +327,21 @@ fn a_signed_numbered_dispatch_arrives_as_incoming_and_its_acknowledgements_retur
             "on {name}: {sig}"
         );
     }
+    // What was not signed is not numbered: the leader signs the edited version first.
+    a.act_as(Some("vanthu"));
+    let r = a.try_action(&memo, &json!({ "action": "number" }));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("edited after it was signed"),
+        "{}",
+        r.body
+    );
+    a.act_as(Some("chutich"));
+    a.action(&memo, "sign", json!({}));
+    a.act_as(Some("vanthu"));
+    // The same issuing body however it is capitalised: the number after the dispatch's.
+    assert_eq!(a.action(&memo, "number", json!({}))["number"], "02");
 }

@@ -27,11 +27,12 @@ use crate::api::{ApiError, ApiResult, AppState, parse_body, parse_id, with_store
 impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> ApiError {
         let status = match &e {
-            LifecycleError::Role { .. } => StatusCode::FORBIDDEN,
+            LifecycleError::Role { .. } | LifecycleError::NotOwner(_) => StatusCode::FORBIDDEN,
             LifecycleError::UnknownAction { .. } | LifecycleError::Invalid(_) => {
                 StatusCode::BAD_REQUEST
             }
             LifecycleError::Model(_) => StatusCode::BAD_REQUEST,
+            LifecycleError::Registry(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::CONFLICT,
         };
         ApiError(status, e.to_string())
@@ -65,12 +66,7 @@ pub fn enrich(store: &mut Store, id: &DocId, value: &mut JsonValue) -> ApiResult
     };
     value["duplicates"] = json!(duplicates.iter().map(DocId::as_str).collect::<Vec<_>>());
     if let Some(to) = value["dispatch"]["to"].as_array().cloned() {
-        let receipts: Vec<JsonValue> = store
-            .incoming_of(id)?
-            .into_iter()
-            .filter(|r| to.contains(&r["unit"]))
-            .map(|r| receipt(&r))
-            .collect();
+        let receipts = receipts(store, id, &to)?;
         let acknowledged = receipts
             .iter()
             .filter(|r| r["acknowledged"] == true)
@@ -79,8 +75,10 @@ pub fn enrich(store: &mut Store, id: &DocId, value: &mut JsonValue) -> ApiResult
         value["acknowledged_by_all"] = json!(acknowledged == to.len());
         value["receipts"] = json!(receipts);
     }
-    if let Some(source) = value["source"]["document"].as_str() {
-        let source = DocId::parse(source)?;
+    if let Some(source) = value["source"]["document"]
+        .as_str()
+        .and_then(|s| DocId::parse(s).ok())
+    {
         value["source_document"] = match store.get(&source)? {
             Some(src) => {
                 let mut s = json!({
@@ -106,6 +104,71 @@ pub fn enrich(store: &mut Store, id: &DocId, value: &mut JsonValue) -> ApiResult
         value["overdue"] = json!(open && today > deadline.as_str());
     }
     Ok(())
+}
+
+/// Marks who stands behind each checked signature of a document's JSON (and of the
+/// dispatched document an incoming one refers to), as far as this node can tell:
+/// `signer_known` is true for an organisation's signature made with the key of a node
+/// the roster lists for the document's unit (or this node, for its own unit), and for a
+/// personal one made with the key of a user of this node; false for an organisation's
+/// signature with any other key; null for a person this node does not know.
+// TODO: a person's key is known only on the node where the user was created; other
+// units cannot tell a leader's real key from any other until the unit publishes its
+// users' keys under its organisation's signature.
+pub fn mark_signers(state: &AppState, value: &mut JsonValue) {
+    let own = state.net.id().to_string();
+    let own_unit = {
+        let s = service::lock(&state.store);
+        s.info().unit.clone()
+    };
+    let users: Vec<String> = state
+        .users
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .list()
+        .map(|u| u.into_iter().map(|u| u.public_key).collect())
+        .unwrap_or_default();
+    let mark = |doc: &mut JsonValue| {
+        let unit = doc["unit"].as_str().unwrap_or("").to_string();
+        let Some(list) = doc["signatures"].as_array_mut() else {
+            return;
+        };
+        for sig in list {
+            let key = sig["public_key"].as_str().unwrap_or("").to_string();
+            let known = match sig["kind"].as_str() {
+                Some("organisation") => json!(
+                    (key == own && unit == own_unit)
+                        || state.net.with_trust(|t| t.member(&key).is_some_and(|m| m
+                            .unit
+                            .as_str()
+                            == unit
+                            && m.role == sync_core::policy::Role::Node))
+                ),
+                _ if users.contains(&key) => json!(true),
+                _ => JsonValue::Null,
+            };
+            sig["signer_known"] = known;
+        }
+    };
+    mark(value);
+    if value["source_document"]["held"] == true {
+        mark(&mut value["source_document"]);
+    }
+}
+
+/// The receipts of the dispatched document `id`: one per recipient unit in `to`, the
+/// incoming document with the id that unit and this document give it.
+fn receipts(store: &Store, id: &DocId, to: &[JsonValue]) -> ApiResult<Vec<JsonValue>> {
+    Ok(store
+        .incoming_of(id)?
+        .into_iter()
+        .filter(|r| {
+            let unit = r["unit"].as_str().unwrap_or("");
+            to.contains(&r["unit"])
+                && r["id"].as_str() == Some(lifecycle::incoming_id(id, unit).as_str())
+        })
+        .map(|r| receipt(&r))
+        .collect())
 }
 
 /// A recipient's receipt as the sender sees it.
@@ -176,6 +239,8 @@ pub async fn act(
         crate::api::document_json(s, &id)
     })
     .await?;
+    let mut value = value;
+    mark_signers(&state, &mut value);
     Ok(Json(value))
 }
 
@@ -185,9 +250,10 @@ pub async fn signatures(
     Path(id): Path<String>,
 ) -> ApiResult<Json<JsonValue>> {
     let id = parse_id(&id)?;
-    let value = with_store(&state, move |s| {
+    let mut value = with_store(&state, move |s| {
         let doc = crate::api::document_json(s, &id)?;
         Ok(json!({
+            "unit": doc["unit"],
             "id": id.as_str(),
             "heads": doc["heads"],
             "content_hash": signature::content_hash(
@@ -198,6 +264,7 @@ pub async fn signatures(
         }))
     })
     .await?;
+    mark_signers(&state, &mut value);
     Ok(Json(value))
 }
 
@@ -241,17 +308,14 @@ pub async fn list_registers(State(state): State<AppState>) -> ApiResult<Json<Jso
         let registers: Vec<JsonValue> = s
             .register_series(&unit)?
             .into_iter()
-            .filter_map(|(key, numbers, closed)| {
-                let mut parts = key.splitn(4, '|');
-                let (_, series, body, year) =
-                    (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-                Some(json!({
-                    "series": series,
-                    "body": body,
-                    "year": year.parse::<i32>().ok()?,
-                    "numbers": numbers,
-                    "closed": closed,
-                }))
+            .map(|r| {
+                json!({
+                    "series": r.series,
+                    "body": r.body,
+                    "year": r.year,
+                    "numbers": r.numbers,
+                    "closed": r.closed,
+                })
             })
             .collect();
         Ok(json!({ "registers": registers }))
@@ -305,6 +369,8 @@ fn text(v: &JsonValue) -> String {
 /// `2026-12-04` as printed in a register: `04/12/2026`.
 fn date_vn(v: &JsonValue) -> String {
     let s = text(v);
+    // A time stamp prints as its date.
+    let s = s.get(..10).unwrap_or(&s).to_string();
     match (s.get(0..4), s.get(5..7), s.get(8..10)) {
         (Some(y), Some(m), Some(d)) => format!("{d}/{m}/{y}"),
         _ => s,
@@ -352,7 +418,7 @@ fn notes(d: &JsonValue, duplicates: &[DocId]) -> String {
 
 fn rows(s: &mut Store, key: &SeriesKey) -> ApiResult<Vec<(JsonValue, Row)>> {
     let mut out = Vec::new();
-    for d in s.register_entries(&key.as_string())? {
+    for d in s.register_entries(key)? {
         let id = DocId::parse(d["id"].as_str().unwrap_or(""))?;
         let duplicates = match d["number_key"].as_str() {
             Some(k) => s.same_number(&id, k)?,
@@ -367,11 +433,7 @@ fn rows(s: &mut Store, key: &SeriesKey) -> ApiResult<Vec<(JsonValue, Row)>> {
                 date_vn(&d["issued_date"]),
                 type_subject(&d),
                 text(&d["assignment"]["lead"]),
-                date_vn(&json!(
-                    d["assignment"]["at"]
-                        .as_str()
-                        .map(|a| &a[..a.len().min(10)])
-                )),
+                date_vn(&d["assignment"]["at"]),
                 String::new(),
                 notes(&d, &duplicates),
             ]
@@ -402,10 +464,10 @@ fn rows(s: &mut Store, key: &SeriesKey) -> ApiResult<Vec<(JsonValue, Row)>> {
                     })
                     .unwrap_or_default();
             }
-            let acknowledged: Vec<String> = s
-                .incoming_of(&id)?
+            let to = d["dispatch"]["to"].as_array().cloned().unwrap_or_default();
+            let acknowledged: Vec<String> = receipts(s, &id, &to)?
                 .iter()
-                .filter(|r| receipt(r)["acknowledged"] == true)
+                .filter(|r| r["acknowledged"] == true)
                 .map(|r| {
                     let code = text(&r["unit"]);
                     UnitCode::parse(&code).map_or(code, |u| u.name())
@@ -419,9 +481,7 @@ fn rows(s: &mut Store, key: &SeriesKey) -> ApiResult<Vec<(JsonValue, Row)>> {
                 recipients.join("; "),
                 "VT".into(),
                 String::new(),
-                date_vn(&json!(
-                    d["dispatch"]["at"].as_str().map(|a| &a[..a.len().min(10)])
-                )),
+                date_vn(&d["dispatch"]["at"]),
                 acknowledged.join(", "),
                 notes(&d, &duplicates),
             ]
@@ -464,7 +524,7 @@ pub async fn show_register(
     let (key, rows, closed) = with_store(&state, move |s| {
         let key = series_key(s, &series, year, query.body.as_deref())?;
         let rows = rows(s, &key)?;
-        let closed = s.is_closed(&key.as_string())?;
+        let closed = s.is_closed(&key)?;
         Ok((key, rows, closed))
     })
     .await?;
@@ -480,7 +540,15 @@ pub async fn show_register(
                 |e: csv::Error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
             w.write_record(columns).map_err(csv_err)?;
             for (_, row) in &rows {
-                w.write_record(&row.cells).map_err(csv_err)?;
+                // A cell a spreadsheet would take for a formula is written as text.
+                let cells = row.cells.iter().map(|c| {
+                    if c.starts_with(['=', '+', '-', '@']) {
+                        format!("'{c}")
+                    } else {
+                        c.clone()
+                    }
+                });
+                w.write_record(cells).map_err(csv_err)?;
             }
             let bytes = w
                 .into_inner()
@@ -576,7 +644,7 @@ pub async fn close_register(
     let node = state.net.id().to_string();
     let value = with_store(&state, move |s| {
         let key = series_key(s, &series, year, request.body.as_deref())?;
-        if s.is_closed(&key.as_string())? {
+        if s.is_closed(&key)? {
             return Err(ApiError(
                 StatusCode::CONFLICT,
                 format!(
@@ -585,7 +653,7 @@ pub async fn close_register(
                 ),
             ));
         }
-        let last = s.last_number(&key.as_string())?;
+        let last = s.last_number(&key)?;
         let unit = s.info().unit.clone();
         let header = Header {
             kind: Kind::Register,
@@ -614,43 +682,60 @@ pub async fn close_register(
 }
 
 /// One round of the registrar's duties: numbers for documents waiting on them, and an
-/// incoming document for each document dispatched to the unit that has none yet.
+/// incoming document for each document dispatched to the unit that has none yet. A
+/// document that cannot be handled is logged and skipped; the others go on.
 pub fn registrar_round(store: &mut Store, node: &str) -> Result<(), StoreError> {
     let unit = store.info().unit.clone();
     for id in store.awaiting_number(&unit)? {
-        let Some(doc) = store.get(&id)? else { continue };
-        let Some((key, _)) = lifecycle::pending_request(doc) else {
-            continue;
-        };
-        // A closed year, or one with no number left: the request is refused.
-        let number = if store.is_closed(&key.as_string())? {
-            None
-        } else {
-            lifecycle::next_number(store.last_number(&key.as_string())?).ok()
-        };
-        store.modify(&id, |d| lifecycle::fulfil_request(d, number, node))?;
-        match number {
-            Some(n) => info!(record = %id, series = key.series.as_str(), year = key.year,
-                number = n, "number given"),
-            None => warn!(record = %id, series = key.series.as_str(), year = key.year,
-                "number refused: the year is closed"),
+        if let Err(e) = give_number(store, &id, node) {
+            warn!(record = %id, error = %e, "cannot give the number asked for");
         }
     }
     for source in store.dispatched_to(&unit)? {
-        let incoming = lifecycle::incoming_id(&source, &unit);
-        if store.contains(&incoming)? {
-            continue;
+        if let Err(e) = receive(store, &source, &unit, node) {
+            warn!(record = %source, error = %e, "cannot receive a dispatched document");
         }
-        let Some(src) = store.get(&source)? else {
-            continue;
-        };
-        if model::is_deleted(src) {
-            continue;
-        }
-        let doc = lifecycle::create_incoming(&source, src, &unit, node)?;
-        store.put(&incoming, doc, &[])?;
-        info!(record = %incoming, source = %source, "document received");
     }
+    Ok(())
+}
+
+fn give_number(store: &mut Store, id: &DocId, node: &str) -> Result<(), StoreError> {
+    let Some(doc) = store.get(id)? else {
+        return Ok(());
+    };
+    let Some((key, _)) = lifecycle::pending_request(doc) else {
+        return Ok(());
+    };
+    // A closed year, or one with no number left: the request is refused.
+    let number = if store.is_closed(&key)? {
+        None
+    } else {
+        lifecycle::next_number(store.last_number(&key)?).ok()
+    };
+    store.modify(id, |d| lifecycle::fulfil_request(d, number, node))?;
+    match number {
+        Some(n) => info!(record = %id, series = key.series.as_str(), year = key.year,
+            number = n, "number given"),
+        None => warn!(record = %id, series = key.series.as_str(), year = key.year,
+            "number refused: the year is closed"),
+    }
+    Ok(())
+}
+
+fn receive(store: &mut Store, source: &DocId, unit: &str, node: &str) -> Result<(), StoreError> {
+    let incoming = lifecycle::incoming_id(source, unit);
+    if store.contains(&incoming)? {
+        return Ok(());
+    }
+    let Some(src) = store.get(source)? else {
+        return Ok(());
+    };
+    if model::is_deleted(src) {
+        return Ok(());
+    }
+    let doc = lifecycle::create_incoming(source, src, unit, node)?;
+    store.put(&incoming, doc, &[])?;
+    info!(record = %incoming, source = %source, "document received");
     Ok(())
 }
 

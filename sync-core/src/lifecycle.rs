@@ -125,15 +125,47 @@ pub struct SeriesKey {
 }
 
 impl SeriesKey {
-    /// The key as it is kept in documents and registers.
+    /// The key as it is kept in documents and registers. The issuing body is folded
+    /// (case, diacritics, spacing), so "UBND xã Thạch Hà" and "UBND Xã Thạch  Hà" are one
+    /// series.
     pub fn as_string(&self) -> String {
+        let body = crate::store::fold_for_search(&self.body)
+            .to_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         format!(
             "{}|{}|{}|{}",
             self.unit,
             self.series.as_str(),
-            self.body,
+            body,
             self.year
         )
+    }
+}
+
+/// The years a number may be asked for: this one, and the last one while it is open
+/// (documents signed on 31 December and numbered after New Year).
+fn check_year(year: i32) -> Result<(), LifecycleError> {
+    let now = year_now();
+    if year == now || year == now - 1 {
+        Ok(())
+    } else {
+        Err(LifecycleError::Invalid(format!(
+            "numbers are given in the register of {now} (or of {} until it is closed), not \
+             of {year}",
+            now - 1
+        )))
+    }
+}
+
+/// The date a number is given on: today, or the last day of the register's year when
+/// it is given later.
+fn date_in(year: i32) -> String {
+    if year == year_now() {
+        today()
+    } else {
+        format!("{year}-12-31")
     }
 }
 
@@ -151,9 +183,9 @@ pub fn format_number(n: u32) -> String {
 /// What numbering needs to know from the store.
 pub trait Registry {
     /// Has the registrar closed this series' year?
-    fn is_closed(&self, key: &SeriesKey) -> Result<bool, ModelError>;
+    fn is_closed(&self, key: &SeriesKey) -> Result<bool, String>;
     /// The highest number given in this series that this store holds (0 for none).
-    fn last_number(&self, key: &SeriesKey) -> Result<u32, ModelError>;
+    fn last_number(&self, key: &SeriesKey) -> Result<u32, String>;
 }
 
 /// Where an action runs: who takes it, on which node, for which unit.
@@ -230,6 +262,19 @@ pub enum LifecycleError {
     YearClosed { series: &'static str, year: i32 },
     #[error("{0}")]
     Invalid(String),
+    #[error("the document belongs to unit {0}: only its own offices take it through its lifecycle")]
+    NotOwner(String),
+    #[error(
+        "cannot {action}: {what} was edited after it was signed; the {signer} signs the \
+         edited version first"
+    )]
+    SignatureOutdated {
+        action: String,
+        what: &'static str,
+        signer: &'static str,
+    },
+    #[error("the register cannot be read: {0}")]
+    Registry(String),
     #[error(transparent)]
     Model(#[from] ModelError),
 }
@@ -285,7 +330,8 @@ const TRANSITIONS: &[Transition] = &[
     Transition {
         action: "sign",
         direction: Direction::Outgoing,
-        from: &["approved"],
+        // Again once signed: the leader signs an edited version.
+        from: &["approved", "signed"],
         to: "signed",
         roles: LEADER,
     },
@@ -553,11 +599,37 @@ pub fn apply(
         });
     }
     if header.unit != ctx.unit.as_str() {
-        return Err(LifecycleError::Invalid(format!(
-            "the document belongs to unit {}: only its own offices take it through its \
-             lifecycle",
-            header.unit
-        )));
+        return Err(LifecycleError::NotOwner(header.unit.clone()));
+    }
+    // What was signed is what goes on: numbering, the organisation's signature,
+    // registration and dispatch each need the signatures before them to still cover the
+    // content.
+    if direction == Direction::Outgoing {
+        let needs: &[(SignatureKind, &str, &str)] = match action {
+            "number" | "org_sign" => &[(SignatureKind::Personal, "the content", "leader")],
+            "register" | "dispatch" => &[
+                (SignatureKind::Personal, "the content", "leader"),
+                (
+                    SignatureKind::Organisation,
+                    "the numbered document",
+                    "clerk",
+                ),
+            ],
+            _ => &[],
+        };
+        let checks = signature::verify_all(id, doc)?;
+        for (kind, what, signer) in needs {
+            let current = checks
+                .iter()
+                .any(|c| c.kind == kind.as_str() && c.valid && c.covers_current);
+            if !current {
+                return Err(LifecycleError::SignatureOutdated {
+                    action: action.into(),
+                    what,
+                    signer,
+                });
+            }
+        }
     }
     let note = request
         .note
@@ -579,26 +651,30 @@ pub fn apply(
     );
     match action {
         _ if numbers => {
+            // Outgoing numbers go by the issuing body; arrival numbers by the receiving
+            // office, whoever sent the document.
             let key = SeriesKey {
                 unit: header.unit.clone(),
                 series: Series::for_document(direction, is_secret(doc)),
-                body: issuing_body(doc, ctx.unit_name),
+                body: match direction {
+                    Direction::Outgoing => issuing_body(doc, ctx.unit_name),
+                    Direction::Incoming => ctx.unit_name.to_string(),
+                },
                 year: request.year.unwrap_or_else(year_now),
             };
-            if !(2000..=9999).contains(&key.year) {
-                return Err(LifecycleError::Invalid(format!(
-                    "{} is not a year of a register",
-                    key.year
-                )));
-            }
-            if registry.is_closed(&key)? {
+            check_year(key.year)?;
+            if registry.is_closed(&key).map_err(LifecycleError::Registry)? {
                 return Err(LifecycleError::YearClosed {
                     series: key.series.as_str(),
                     year: key.year,
                 });
             }
             let next = if ctx.registrar {
-                Some(next_number(registry.last_number(&key)?)?)
+                Some(next_number(
+                    registry
+                        .last_number(&key)
+                        .map_err(LifecycleError::Registry)?,
+                )?)
             } else {
                 None
             };
@@ -798,10 +874,10 @@ fn write_number(
     tx.put(&r, "at", model::now_vietnam())?;
     if key.series.is_incoming() {
         tx.put(ROOT, "arrival_number", format_number(number))?;
-        tx.put(ROOT, "arrival_date", today())?;
+        tx.put(ROOT, "arrival_date", date_in(key.year))?;
     } else {
         tx.put(ROOT, "number", format_number(number))?;
-        tx.put(ROOT, "issued_date", today())?;
+        tx.put(ROOT, "issued_date", date_in(key.year))?;
     }
     if tx.get(ROOT, "number_request")?.is_some() {
         tx.delete(ROOT, "number_request")?;
@@ -938,22 +1014,30 @@ pub fn create_incoming(
         created_at: model::now_vietnam(),
         confidential: false,
     };
-    let field = |k: &str| model::get_str(source, ROOT, k).filter(|v| !v.is_empty());
-    let patch = model::DocumentPatch {
-        doc_type: field("type"),
-        number: field("number"),
-        notation: field("notation"),
-        issuer: field("issuer"),
-        place: field("place"),
-        issued_date: field("issued_date"),
-        subject: field("subject"),
-        urgency: field("urgency"),
-        due_date: field("due_date"),
-        direction: Some("incoming".into()),
-        ..Default::default()
-    };
-    let mut doc = model::create_document(&header, &patch)?;
+    // The sender's fields as they are: what arrived is recorded, not judged again.
+    let mut doc = model::create_document(
+        &header,
+        &model::DocumentPatch {
+            direction: Some("incoming".into()),
+            ..Default::default()
+        },
+    )?;
     let mut tx = doc.transaction();
+    for key in [
+        "type",
+        "number",
+        "notation",
+        "issuer",
+        "place",
+        "issued_date",
+        "subject",
+        "urgency",
+        "due_date",
+    ] {
+        if let Some(v) = model::get_str(source, ROOT, key).filter(|v| !v.is_empty()) {
+            tx.put(ROOT, key, v)?;
+        }
+    }
     let s = tx.put_object(ROOT, "source", ObjType::Map)?;
     tx.put(&s, "document", source_id.as_str())?;
     tx.put(&s, "unit", sender.unit.as_str())?;
@@ -975,19 +1059,65 @@ pub fn create_incoming(
     Ok(doc)
 }
 
-/// For a record received from a peer: its signatures verify and none is gone, and an
-/// incoming document refers only to a document that was dispatched to its unit (when
-/// the dispatched one is held here to judge by).
+/// What only the owning unit writes: the lifecycle of a record.
+const LIFECYCLE_KEYS: &[&str] = &[
+    "direction",
+    "state",
+    "history",
+    "signatures",
+    "number_request",
+    "registration",
+    "dispatch",
+    "source",
+    "assignment",
+    "completion",
+    "related",
+    "arrival_number",
+    "arrival_date",
+    "arrived_at",
+];
+
+/// For a record received from a peer: its signatures verify and none is gone; a peer of
+/// another unit (`from_other_unit`) changes no step of its lifecycle (nor a number the
+/// register gave); and an incoming document has the id its unit and source give it and
+/// refers only to a document that was dispatched to its unit, as far as the dispatched
+/// one held here (`dispatch_of`) shows.
 pub fn check_received(
     id: &DocId,
     doc: &Automerge,
     before: &[automerge::ChangeHash],
-    source: impl FnOnce(&DocId) -> Option<Vec<String>>,
+    from_other_unit: bool,
+    dispatch_of: impl FnOnce(&DocId) -> Option<Vec<String>>,
 ) -> Result<(), String> {
     signature::check_received(id, doc, before)?;
+    if from_other_unit && !before.is_empty() {
+        let now = model::At { doc, heads: None };
+        let then = model::At {
+            doc,
+            heads: Some(before),
+        };
+        let mut keys: Vec<&str> = LIFECYCLE_KEYS.to_vec();
+        if !then.json(&ROOT, "registration".into()).is_null() {
+            keys.extend(["number", "issued_date"]);
+        }
+        for key in keys {
+            if now.json(&ROOT, key.into()) != then.json(&ROOT, key.into()) {
+                return Err(format!(
+                    "only the owning unit takes a record through its lifecycle: the change \
+                     alters its {key}"
+                ));
+            }
+        }
+    }
     if let Some(src) = source_of(doc) {
         let unit = model::read_header(doc).map_err(|e| e.to_string())?.unit;
-        if let Some(to) = source(&src)
+        if *id != incoming_id(&src, &unit) {
+            return Err(format!(
+                "an incoming document of unit {unit} for {src} must have the id {}",
+                incoming_id(&src, &unit)
+            ));
+        }
+        if let Some(to) = dispatch_of(&src)
             && !to.contains(&unit)
         {
             return Err(format!(
@@ -1062,39 +1192,66 @@ pub fn json_fields(header: &Header, doc: &Automerge, out: &mut Map<String, Json>
     for key in ["arrival_number", "arrival_date", "arrived_at"] {
         out.insert(key.into(), json!(model::get_str(doc, ROOT, key)));
     }
-    out.insert("number_key".into(), json!(number_key(header, doc)));
+    let numbering = numbering(header, doc).map(|(key, number)| {
+        json!({
+            "key": key.as_string(),
+            "series": key.series.as_str(),
+            "body": key.body,
+            "year": key.year,
+            "number": number,
+        })
+    });
+    // What two documents holding one number share: one indexed lookup finds duplicates.
+    out.insert(
+        "number_key".into(),
+        json!(numbering.as_ref().map(|n| format!(
+            "{}|{}",
+            n["key"].as_str().unwrap_or(""),
+            n["number"]
+        ))),
+    );
+    out.insert("numbering".into(), numbering.unwrap_or(Json::Null));
 }
 
-/// What two documents share when one of them holds a duplicate number: the register
-/// series and number a registrar gave, or else (for imported documents) the issuer,
-/// notation, year and number written on it. Incoming documents carry the sender's
-/// number, so only their arrival number counts.
-fn number_key(header: &Header, doc: &Automerge) -> Option<String> {
+/// The register series and number a document holds: the ones a registrar gave, or,
+/// for an outgoing document numbered elsewhere (an import of paper documents), its
+/// number in the series of its issuer and year of issue. Incoming documents carry the
+/// sender's number, so only their arrival number counts. The unit is always the
+/// record's own, so no other unit's record can take a place in this unit's registers.
+pub fn numbering(header: &Header, doc: &Automerge) -> Option<(SeriesKey, u32)> {
+    let unit = header.unit.clone();
     if let Some(r) = model::get_obj(doc, ROOT, "registration", ObjType::Map) {
-        let key = model::get_str(doc, &r, "series_key")?;
-        let n = match doc.get(&r, "number").ok()?? {
-            (Value::Scalar(s), _) => s.as_i64()?,
-            _ => return None,
+        let int = |k: &str| match doc.get(&r, k).ok()?? {
+            (Value::Scalar(s), _) => s.as_i64(),
+            _ => None,
         };
-        return Some(format!("reg|{key}|{n}"));
+        let key = SeriesKey {
+            unit,
+            series: Series::parse(&model::get_str(doc, &r, "series")?)?,
+            body: model::get_str(doc, &r, "body")?,
+            year: i32::try_from(int("year")?).ok()?,
+        };
+        return Some((key, u32::try_from(int("number")?).ok()?));
     }
     if Direction::of(doc) == Direction::Incoming {
         return None;
     }
     let number: u32 = model::get_str(doc, ROOT, "number")?.trim().parse().ok()?;
-    let notation = model::get_str(doc, ROOT, "notation")?;
-    let year = model::get_str(doc, ROOT, "issued_date")?
+    let year: i32 = model::get_str(doc, ROOT, "issued_date")?
         .get(..4)?
-        .to_string();
-    let issuer =
-        crate::store::fold_for_search(&model::get_str(doc, ROOT, "issuer").unwrap_or_default());
-    Some(format!(
-        "doc|{}|{}|{}|{}|{number}",
-        header.unit,
-        issuer.trim(),
-        notation.trim(),
-        year
-    ))
+        .parse()
+        .ok()?;
+    let body = model::get_str(doc, ROOT, "issuer")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| UnitCode::parse(&header.unit).ok().map(|u| u.name()))?;
+    let key = SeriesKey {
+        unit,
+        series: Series::for_document(Direction::Outgoing, is_secret(doc)),
+        body,
+        year,
+    };
+    Some((key, number))
 }
 
 /// Creates the record that closes a register's year.
@@ -1141,10 +1298,10 @@ mod tests {
     }
 
     impl Registry for Book {
-        fn is_closed(&self, _: &SeriesKey) -> Result<bool, ModelError> {
+        fn is_closed(&self, _: &SeriesKey) -> Result<bool, String> {
             Ok(self.closed)
         }
-        fn last_number(&self, _: &SeriesKey) -> Result<u32, ModelError> {
+        fn last_number(&self, _: &SeriesKey) -> Result<u32, String> {
             Ok(self.last)
         }
     }
@@ -1358,7 +1515,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "cannot sign: the document is draft, and sign applies only to a document that \
-             is approved"
+             is approved or signed"
         );
         office.step(&mut doc, &id, &member, "submit");
         let err = office
@@ -1578,7 +1735,9 @@ mod tests {
             json["number_key"]
                 .as_str()
                 .unwrap()
-                .starts_with("reg|18568|incoming|")
+                .starts_with("18568|incoming|ubnd xa thach ha|"),
+            "{}",
+            json["number_key"]
         );
     }
 
@@ -1587,9 +1746,9 @@ mod tests {
         let office = Office::new(true);
         let (id, doc) = signed(&office, None);
         let nothing = |_: &DocId| None;
-        check_received(&id, &doc, &[], nothing).unwrap();
+        check_received(&id, &doc, &[], false, nothing).unwrap();
         // The same signature moved to another record does not verify.
-        assert!(check_received(&DocId::new(), &doc, &[], nothing).is_err());
+        assert!(check_received(&DocId::new(), &doc, &[], false, nothing).is_err());
 
         // Any signed field altered.
         let mut forged = doc.fork();
@@ -1601,7 +1760,10 @@ mod tests {
         let mut tx = forged.transaction();
         tx.put(&entry, "name", "Người khác").unwrap();
         tx.commit();
-        let err = check_received(&id, &forged, &doc.get_heads(), nothing).unwrap_err();
+        let err = check_received(&id, &forged, &doc.get_heads(), false, nothing).unwrap_err();
+        assert!(err.contains("removes or alters"), "{err}");
+        // Arriving as a new record, the altered signature does not verify.
+        let err = check_received(&id, &forged, &[], false, nothing).unwrap_err();
         assert!(err.contains("does not verify"), "{err}");
 
         // A signature removed.
@@ -1609,14 +1771,31 @@ mod tests {
         let mut tx = removed.transaction();
         tx.delete(ROOT, "signatures").unwrap();
         tx.commit();
-        let err = check_received(&id, &removed, &doc.get_heads(), nothing).unwrap_err();
+        let err = check_received(&id, &removed, &doc.get_heads(), false, nothing).unwrap_err();
         assert!(err.contains("removes or alters"), "{err}");
 
         // A receipt from a unit the document was not dispatched to.
         let receipt = create_incoming(&id, &doc, "18568", "node-b").unwrap();
         let rid = incoming_id(&id, "18568");
-        let err = check_received(&rid, &receipt, &[], |_| Some(vec!["42".into()])).unwrap_err();
+        let err =
+            check_received(&rid, &receipt, &[], false, |_| Some(vec!["42".into()])).unwrap_err();
         assert!(err.contains("not dispatched to it"), "{err}");
-        check_received(&rid, &receipt, &[], |_| Some(vec!["18568".into()])).unwrap();
+        check_received(&rid, &receipt, &[], false, |_| Some(vec!["18568".into()])).unwrap();
+
+        // The same receipt under another id: refused, so one unit has one receipt.
+        let err = check_received(&DocId::new(), &receipt, &[], false, nothing).unwrap_err();
+        assert!(err.contains("must have the id"), "{err}");
+
+        // A node of another unit may edit a shared document, never its lifecycle.
+        let mut stepped = doc.fork();
+        let mut tx = stepped.transaction();
+        tx.put(ROOT, "state", "recalled").unwrap();
+        tx.commit();
+        let err = check_received(&id, &stepped, &doc.get_heads(), true, nothing).unwrap_err();
+        assert!(err.contains("alters its state"), "{err}");
+        check_received(&id, &stepped, &doc.get_heads(), false, nothing).unwrap();
+        let mut edited = doc.fork();
+        model::splice_body(&mut edited, 0, 0, "Góp ý: ").unwrap();
+        check_received(&id, &edited, &doc.get_heads(), true, nothing).unwrap();
     }
 }

@@ -21,7 +21,9 @@ use std::fmt;
 use std::time::Duration;
 
 use automerge::transaction::{Transactable, Transaction};
-use automerge::{ActorId, Automerge, ChangeHash, Cursor, ObjId, ObjType, ROOT, ReadDoc, Value};
+use automerge::{
+    ActorId, Automerge, ChangeHash, Cursor, ObjId, ObjType, Prop, ROOT, ReadDoc, Value,
+};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
@@ -355,6 +357,105 @@ pub(crate) fn put_str_list(
     Ok(())
 }
 
+/// A document as it is now (`heads` is `None`) or as it was at `heads`, read without
+/// forking it.
+#[derive(Clone, Copy)]
+pub struct At<'a> {
+    pub doc: &'a Automerge,
+    pub heads: Option<&'a [ChangeHash]>,
+}
+
+impl At<'_> {
+    pub fn get(&self, obj: &ObjId, prop: Prop) -> Option<(Value<'_>, ObjId)> {
+        match self.heads {
+            Some(h) => self.doc.get_at(obj, prop, h),
+            None => self.doc.get(obj, prop),
+        }
+        .ok()
+        .flatten()
+    }
+
+    pub fn length(&self, obj: &ObjId) -> usize {
+        match self.heads {
+            Some(h) => self.doc.length_at(obj, h),
+            None => self.doc.length(obj),
+        }
+    }
+
+    pub fn text(&self, obj: &ObjId) -> Option<String> {
+        match self.heads {
+            Some(h) => self.doc.text_at(obj, h),
+            None => self.doc.text(obj),
+        }
+        .ok()
+    }
+
+    /// A string, whether kept as a scalar or as Text.
+    pub fn str(&self, obj: &ObjId, key: &str) -> Option<String> {
+        match self.get(obj, key.into())? {
+            (Value::Scalar(v), _) => v.as_str().map(str::to_string),
+            (Value::Object(ObjType::Text), t) => self.text(&t),
+            _ => None,
+        }
+    }
+
+    pub fn str_list(&self, obj: &ObjId, key: &str) -> Option<Vec<String>> {
+        let (Value::Object(ObjType::List), list) = self.get(obj, key.into())? else {
+            return None;
+        };
+        Some(
+            (0..self.length(&list))
+                .filter_map(|i| match self.get(&list, i.into())? {
+                    (Value::Scalar(v), _) => v.as_str().map(str::to_string),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+impl At<'_> {
+    /// Any value as JSON: maps and lists recursively, Text as a string, scalars as
+    /// they are (a counter or timestamp as its number, bytes as null).
+    pub fn json(&self, obj: &ObjId, prop: Prop) -> Json {
+        let Some((value, id)) = self.get(obj, prop) else {
+            return Json::Null;
+        };
+        match value {
+            Value::Scalar(s) => match s.as_ref() {
+                automerge::ScalarValue::Str(t) => json!(t.as_str()),
+                automerge::ScalarValue::Int(i) => json!(i),
+                automerge::ScalarValue::Uint(u) => json!(u),
+                automerge::ScalarValue::F64(f) => json!(f),
+                automerge::ScalarValue::Boolean(b) => json!(b),
+                automerge::ScalarValue::Counter(c) => json!(i64::from(c)),
+                automerge::ScalarValue::Timestamp(t) => json!(t),
+                _ => Json::Null,
+            },
+            Value::Object(ObjType::Text) => json!(self.text(&id)),
+            Value::Object(ObjType::List) => Json::Array(
+                (0..self.length(&id))
+                    .map(|i| self.json(&id, i.into()))
+                    .collect(),
+            ),
+            Value::Object(_) => {
+                let keys: Vec<String> = match self.heads {
+                    Some(h) => self.doc.keys_at(&id, h).collect(),
+                    None => self.doc.keys(&id).collect(),
+                };
+                Json::Object(
+                    keys.into_iter()
+                        .map(|k| {
+                            let v = self.json(&id, k.as_str().into());
+                            (k, v)
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
 /// Reads the header of any record. A record without a usable header is refused
 /// everywhere: the policy cannot place it.
 pub fn read_header(doc: &Automerge) -> Result<Header, ModelError> {
@@ -419,6 +520,10 @@ pub fn create_document(header: &Header, fields: &DocumentPatch) -> Result<Autome
     tx.put_object(ROOT, "body", ObjType::Text)?;
     tx.put(ROOT, "direction", direction.as_str())?;
     tx.put(ROOT, "state", direction.initial_state())?;
+    // Made with the document, so two nodes taking the first step or signing first at
+    // once append to one list instead of each creating its own.
+    tx.put_object(ROOT, "history", ObjType::List)?;
+    tx.put_object(ROOT, "signatures", ObjType::List)?;
     tx.commit();
     let fields = DocumentPatch {
         direction: None,
@@ -450,9 +555,11 @@ pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(),
             "the document was recalled: it is frozen and takes no more edits".into(),
         ));
     }
-    if patch.number.is_some() && get_obj(doc, ROOT, "registration", ObjType::Map).is_some() {
+    let registered = get_obj(doc, ROOT, "registration", ObjType::Map).is_some()
+        && crate::lifecycle::Direction::of(doc) == crate::lifecycle::Direction::Outgoing;
+    if registered && (patch.number.is_some() || patch.issued_date.is_some()) {
         return Err(ModelError::Invalid(
-            "the number was given by the register and cannot be edited".into(),
+            "the number and date of issue were given by the register and cannot be edited".into(),
         ));
     }
     for (key, value) in [

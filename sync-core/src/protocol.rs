@@ -807,19 +807,9 @@ impl Session {
         model::to_json(id, doc).map_err(|e| e.to_string())?;
         policy::may_accept(&self.me, peer, before, &after).map_err(|r| r.to_string())?;
         // Signatures must verify and stay, and a receipt must come from a recipient.
-        crate::lifecycle::check_received(id, doc, held.heads, |source| {
-            let json = store.stored_json(source).ok().flatten()?;
-            // Held and never dispatched: sent to nobody.
-            Some(
-                json["dispatch"]["to"]
-                    .as_array()
-                    .map(|to| {
-                        to.iter()
-                            .filter_map(|u| u.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            )
+        let from_other_unit = peer.role == Role::Node && peer.unit.as_str() != after.unit;
+        crate::lifecycle::check_received(id, doc, held.heads, from_other_unit, |source| {
+            store.dispatch_of(source).ok().flatten()
         })?;
         if after.kind == model::Kind::Annotation {
             let target = model::annotation_target(doc);

@@ -22,7 +22,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 
-use crate::model::{self, DocId, ModelError};
+use crate::model::{self, At, DocId, ModelError};
 
 /// Domain separation for signature messages.
 const CONTEXT: &[u8] = b"cabinet/signature/1\0";
@@ -86,10 +86,10 @@ pub struct Signer<'a> {
 /// The fields the register fills in after the competent person has signed.
 const FILLED_BY_REGISTER: &[&str] = &["number", "issued_date"];
 
-/// The canonical content of `doc` as it is now, as a signature of `kind` covers it: the
+/// The canonical content of a document, as a signature of `kind` covers it: the
 /// content fields (absent ones as null), the recipients and the body, by sorted key.
-pub fn canonical_content(
-    doc: &Automerge,
+fn canonical_content(
+    at: At<'_>,
     kind: SignatureKind,
 ) -> Result<BTreeMap<String, Json>, ModelError> {
     let mut out = BTreeMap::new();
@@ -99,23 +99,31 @@ pub fn canonical_content(
         }
         out.insert(
             (*key).to_string(),
-            json!(model::get_str(doc, ROOT, key).filter(|v| !v.is_empty())),
+            json!(at.str(&ROOT, key).filter(|v| !v.is_empty())),
         );
     }
     out.insert(
         "recipients".into(),
-        json!(model::get_str_list(doc, ROOT, "recipients").unwrap_or_default()),
+        json!(at.str_list(&ROOT, "recipients").unwrap_or_default()),
     );
-    out.insert("body".into(), json!(model::body_text(doc)?));
+    let body = match at.get(&ROOT, "body".into()) {
+        Some((Value::Object(ObjType::Text), t)) => at.text(&t),
+        _ => None,
+    }
+    .ok_or(ModelError::BadHeader("document has no body"))?;
+    out.insert("body".into(), json!(body));
     Ok(out)
+}
+
+fn hash_of(at: At<'_>, kind: SignatureKind) -> Result<String, ModelError> {
+    // A map of strings, nulls and lists of strings: its JSON has one form.
+    let content = serde_json::to_vec(&canonical_content(at, kind)?).expect("JSON values serialise");
+    Ok(blake3::hash(&content).to_hex().to_string())
 }
 
 /// BLAKE3 of the canonical content of `doc` as it is now, hex.
 pub fn content_hash(doc: &Automerge, kind: SignatureKind) -> Result<String, ModelError> {
-    // A map of strings, nulls and lists of strings: its JSON has one form.
-    let content =
-        serde_json::to_vec(&canonical_content(doc, kind)?).expect("JSON values serialise");
-    Ok(blake3::hash(&content).to_hex().to_string())
+    hash_of(At { doc, heads: None }, kind)
 }
 
 /// BLAKE3 of the canonical content at `heads`, if `doc`'s history holds them.
@@ -129,7 +137,13 @@ pub fn content_hash_at(
             "the signed version is not in this copy's history".into(),
         ));
     }
-    content_hash(&doc.fork_at(heads)?, kind)
+    hash_of(
+        At {
+            doc,
+            heads: Some(heads),
+        },
+        kind,
+    )
 }
 
 /// One stored signature.
@@ -207,15 +221,20 @@ impl Entry {
 }
 
 fn entries(doc: &Automerge) -> Vec<Entry> {
-    let Some(list) = model::get_obj(doc, ROOT, "signatures", ObjType::List) else {
+    entries_at(At { doc, heads: None })
+}
+
+/// The signatures of a document as it is or was.
+fn entries_at(at: At<'_>) -> Vec<Entry> {
+    let Some((Value::Object(ObjType::List), list)) = at.get(&ROOT, "signatures".into()) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for i in 0..doc.length(&list) {
-        let Ok(Some((Value::Object(ObjType::Map), m))) = doc.get(&list, i) else {
+    for i in 0..at.length(&list) {
+        let Some((Value::Object(ObjType::Map), m)) = at.get(&list, i.into()) else {
             continue;
         };
-        let s = |k: &str| model::get_str(doc, &m, k).unwrap_or_default();
+        let s = |k: &str| at.str(&m, k).unwrap_or_default();
         out.push(Entry {
             kind: s("kind"),
             name: s("name"),
@@ -223,7 +242,7 @@ fn entries(doc: &Automerge) -> Vec<Entry> {
             by: s("by"),
             node: s("node"),
             public_key: s("public_key"),
-            heads: model::get_str_list(doc, &m, "heads").unwrap_or_default(),
+            heads: at.str_list(&m, "heads").unwrap_or_default(),
             content_hash: s("content_hash"),
             signed_at: s("signed_at"),
             signature: s("signature"),
@@ -373,23 +392,53 @@ pub fn summary(doc: &Automerge) -> Json {
     )
 }
 
-/// For a change received from a peer: every signature in `doc` must verify, and none
-/// present at `before` (the heads held before the change) may be gone or altered.
+/// The most signatures a document may carry (a person and the organisation sign once
+/// each, and again for a corrected version).
+pub const MAX_SIGNATURES: usize = 64;
+
+/// For a change received from a peer: every signature in `doc` must verify, a new one
+/// for the very version it names, and none present at `before` (the heads held before
+/// the change) may be gone or altered.
 pub fn check_received(id: &DocId, doc: &Automerge, before: &[ChangeHash]) -> Result<(), String> {
     let now = entries(doc);
+    if now.len() > MAX_SIGNATURES {
+        return Err(format!(
+            "the document carries {} signatures, more than {MAX_SIGNATURES}",
+            now.len()
+        ));
+    }
+    let then = if before.is_empty() {
+        Vec::new()
+    } else {
+        entries_at(At {
+            doc,
+            heads: Some(before),
+        })
+    };
+    for e in &then {
+        if !now.contains(e) {
+            return Err(format!(
+                "the change removes or alters the signature by {:?}",
+                e.name
+            ));
+        }
+    }
     for e in &now {
         e.check(id.as_str())
             .map_err(|p| format!("a signature by {:?} does not verify: {p}", e.name))?;
-    }
-    if !before.is_empty() {
-        let old = doc.fork_at(before).map_err(|e| e.to_string())?;
-        for e in entries(&old) {
-            if !now.contains(&e) {
-                return Err(format!(
-                    "the change removes or alters the signature by {:?}",
-                    e.name
-                ));
-            }
+        if then.contains(e) {
+            continue;
+        }
+        let kind = SignatureKind::parse(&e.kind).ok_or("not a kind of signature")?;
+        let heads = e
+            .heads()
+            .ok_or_else(|| format!("the signature by {:?} names no version", e.name))?;
+        let hash = content_hash_at(doc, &heads, kind).map_err(|err| err.to_string())?;
+        if hash != e.content_hash {
+            return Err(format!(
+                "the signature by {:?} does not match the version it names",
+                e.name
+            ));
         }
     }
     Ok(())

@@ -26,6 +26,7 @@ use serde_json::Value as Json;
 use tokio::sync::watch;
 
 use crate::determinism;
+use crate::lifecycle::SeriesKey;
 use crate::model::{self, DocId, Header, Kind, ModelError};
 
 /// How many loaded documents the cache keeps by default.
@@ -136,8 +137,8 @@ CREATE INDEX IF NOT EXISTS records_seq ON records(seq);
 CREATE INDEX IF NOT EXISTS records_target ON records(target) WHERE target IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_number_key ON records(json_extract(json, '$.number_key'))
     WHERE json_extract(json, '$.number_key') IS NOT NULL;
-CREATE INDEX IF NOT EXISTS records_series ON records(json_extract(json, '$.registration.series_key'))
-    WHERE json_extract(json, '$.registration.series_key') IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_numbering ON records(json_extract(json, '$.numbering.key'))
+    WHERE json_extract(json, '$.numbering.key') IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_source ON records(json_extract(json, '$.source.document'))
     WHERE json_extract(json, '$.source.document') IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_state ON records(unit, json_extract(json, '$.state'));
@@ -176,6 +177,18 @@ CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
 );
 ";
 
+/// One register series a store holds numbers (or the closing) of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesSummary {
+    pub series: String,
+    /// The issuing body as the first document of the series names it.
+    pub body: String,
+    pub year: i64,
+    /// How many numbered documents the store holds in it.
+    pub numbers: u64,
+    pub closed: bool,
+}
+
 /// What a listing keeps besides kind, search and deletion.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ListFilter<'a> {
@@ -186,12 +199,12 @@ pub struct ListFilter<'a> {
 }
 
 impl crate::lifecycle::Registry for Store {
-    fn is_closed(&self, key: &crate::lifecycle::SeriesKey) -> Result<bool, ModelError> {
-        Store::is_closed(self, &key.as_string()).map_err(|e| ModelError::Invalid(e.to_string()))
+    fn is_closed(&self, key: &SeriesKey) -> Result<bool, String> {
+        Store::is_closed(self, key).map_err(|e| e.to_string())
     }
 
-    fn last_number(&self, key: &crate::lifecycle::SeriesKey) -> Result<u32, ModelError> {
-        Store::last_number(self, &key.as_string()).map_err(|e| ModelError::Invalid(e.to_string()))
+    fn last_number(&self, key: &SeriesKey) -> Result<u32, String> {
+        Store::last_number(self, key).map_err(|e| e.to_string())
     }
 }
 
@@ -780,15 +793,36 @@ impl Store {
 
     /// The JSON kept with a record (as of its last stored change).
     pub fn stored_json(&self, id: &DocId) -> Result<Option<Json>, StoreError> {
-        let text: Option<String> = self
+        Ok(self
+            .jsons_where("SELECT json FROM records WHERE id = ?1", [id.as_str()])?
+            .pop())
+    }
+
+    /// The units a document held here was dispatched to (`None` if it was not).
+    pub fn dispatch_of(&self, id: &DocId) -> Result<Option<Vec<String>>, StoreError> {
+        let text: Option<Option<String>> = self
             .conn
-            .prepare_cached("SELECT json FROM records WHERE id = ?1")?
+            .prepare_cached(
+                "SELECT json_extract(json, '$.dispatch.to') FROM records WHERE id = ?1",
+            )?
             .query_row([id.as_str()], |r| r.get(0))
             .optional()?;
-        text.map(|t| {
-            serde_json::from_str(&t).map_err(|e| StoreError::BadMeta(format!("stored JSON: {e}")))
-        })
-        .transpose()
+        Ok(text
+            .flatten()
+            .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok()))
+    }
+
+    fn jsons_where(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Json>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(args, |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(
+                serde_json::from_str(&row?)
+                    .map_err(|e| StoreError::BadMeta(format!("stored JSON: {e}")))?,
+            );
+        }
+        Ok(out)
     }
 
     fn ids_where(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<DocId>, StoreError> {
@@ -803,29 +837,35 @@ impl Store {
 
     /// Other documents that hold the same number as one with `number_key` (see
     /// `lifecycle`): duplicates to show, never to merge.
+    /// Deleted documents do not count here: deleting a mistaken copy clears the flag.
     pub fn same_number(&self, id: &DocId, number_key: &str) -> Result<Vec<DocId>, StoreError> {
         self.ids_where(
             "SELECT id FROM records WHERE json_extract(json, '$.number_key') = ?1
-               AND id != ?2 ORDER BY id",
+               AND id != ?2 AND deleted = 0 ORDER BY id",
             params![number_key, id.as_str()],
         )
     }
 
-    /// The highest number given in a register series that this store holds, counting
-    /// deleted documents (a number is never given twice) and a closed year's last number.
-    pub fn last_number(&self, series_key: &str) -> Result<u32, StoreError> {
-        let given: Option<i64> = self.conn.prepare_cached(
-            "SELECT MAX(CAST(json_extract(json, '$.registration.number') AS INTEGER)) FROM records
-             WHERE json_extract(json, '$.registration.series_key') = ?1",
-        )?
-        .query_row([series_key], |r| r.get(0))?;
+    /// The highest number held in a register series of its unit (given by a registrar
+    /// or written on an imported document), counting deleted documents (a number is
+    /// never given twice) and a closed year's last number.
+    pub fn last_number(&self, key: &SeriesKey) -> Result<u32, StoreError> {
+        let series = key.as_string();
+        let given: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT MAX(CAST(json_extract(json, '$.numbering.number') AS INTEGER))
+                 FROM records WHERE json_extract(json, '$.numbering.key') = ?1 AND unit = ?2",
+            )?
+            .query_row([series.as_str(), key.unit.as_str()], |r| r.get(0))?;
         let closed: Option<i64> = self
             .conn
             .prepare_cached(
                 "SELECT MAX(CAST(json_extract(json, '$.last_number') AS INTEGER)) FROM records
-             WHERE kind = 'register' AND json_extract(json, '$.series_key') = ?1",
+                 WHERE kind = 'register' AND json_extract(json, '$.series_key') = ?1
+                   AND unit = ?2",
             )?
-            .query_row([series_key], |r| r.get(0))?;
+            .query_row([series.as_str(), key.unit.as_str()], |r| r.get(0))?;
         Ok(given
             .unwrap_or(0)
             .max(closed.unwrap_or(0))
@@ -833,14 +873,14 @@ impl Store {
     }
 
     /// Whether the registrar closed a register series' year.
-    pub fn is_closed(&self, series_key: &str) -> Result<bool, StoreError> {
+    pub fn is_closed(&self, key: &SeriesKey) -> Result<bool, StoreError> {
         Ok(self
             .conn
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM records WHERE kind = 'register'
-                   AND json_extract(json, '$.series_key') = ?1)",
+                   AND json_extract(json, '$.series_key') = ?1 AND unit = ?2)",
             )?
-            .query_row([series_key], |r| r.get(0))?)
+            .query_row([key.as_string(), key.unit.clone()], |r| r.get(0))?)
     }
 
     /// The documents of `unit` waiting for a number from the registrar, oldest first.
@@ -856,9 +896,11 @@ impl Store {
     /// Documents of other units dispatched to `unit`.
     pub fn dispatched_to(&self, unit: &str) -> Result<Vec<DocId>, StoreError> {
         self.ids_where(
-            "SELECT id FROM records WHERE json_extract(json, '$.dispatch.at') IS NOT NULL
+            "SELECT id FROM records AS d WHERE json_extract(json, '$.dispatch.at') IS NOT NULL
                AND unit != ?1
-               AND EXISTS (SELECT 1 FROM json_each(records.json, '$.dispatch.to') WHERE value = ?1)
+               AND EXISTS (SELECT 1 FROM json_each(d.json, '$.dispatch.to') WHERE value = ?1)
+               AND NOT EXISTS (SELECT 1 FROM records AS i
+                 WHERE json_extract(i.json, '$.source.document') = d.id AND i.unit = ?1)
              ORDER BY id",
             [unit],
         )
@@ -866,59 +908,48 @@ impl Store {
 
     /// The incoming documents that refer to the dispatched document `source`.
     pub fn incoming_of(&self, source: &DocId) -> Result<Vec<Json>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        self.jsons_where(
             "SELECT json FROM records WHERE json_extract(json, '$.source.document') = ?1
              ORDER BY unit",
-        )?;
-        let rows = stmt.query_map([source.as_str()], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(
-                serde_json::from_str(&row?)
-                    .map_err(|e| StoreError::BadMeta(format!("stored JSON: {e}")))?,
-            );
-        }
-        Ok(out)
+            [source.as_str()],
+        )
     }
 
     /// The entries of one register series, by number (the JSON of each numbered
     /// document, deleted ones too, since their numbers stay given).
-    pub fn register_entries(&self, series_key: &str) -> Result<Vec<Json>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+    pub fn register_entries(&self, key: &SeriesKey) -> Result<Vec<Json>, StoreError> {
+        self.jsons_where(
             "SELECT json FROM records
-             WHERE json_extract(json, '$.registration.series_key') = ?1
-             ORDER BY CAST(json_extract(json, '$.registration.number') AS INTEGER), id",
-        )?;
-        let rows = stmt.query_map([series_key], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(
-                serde_json::from_str(&row?)
-                    .map_err(|e| StoreError::BadMeta(format!("stored JSON: {e}")))?,
-            );
-        }
-        Ok(out)
+             WHERE json_extract(json, '$.numbering.key') = ?1 AND unit = ?2
+             ORDER BY CAST(json_extract(json, '$.numbering.number') AS INTEGER), id",
+            params![key.as_string(), key.unit],
+        )
     }
 
-    /// Every register series of `unit` this store holds numbers or a closing for, with
-    /// how many numbers it gave.
-    pub fn register_series(&self, unit: &str) -> Result<Vec<(String, u64, bool)>, StoreError> {
+    /// Every register series of `unit` this store holds numbers or a closing for.
+    pub fn register_series(&self, unit: &str) -> Result<Vec<SeriesSummary>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT key, SUM(n), MAX(closed) FROM (
-               SELECT json_extract(json, '$.registration.series_key') AS key, 1 AS n, 0 AS closed
+            "SELECT key, MIN(series), MIN(body), MIN(year), SUM(n), MAX(closed) FROM (
+               SELECT json_extract(json, '$.numbering.key') AS key,
+                      json_extract(json, '$.numbering.series') AS series,
+                      json_extract(json, '$.numbering.body') AS body,
+                      json_extract(json, '$.numbering.year') AS year, 1 AS n, 0 AS closed
                  FROM records WHERE unit = ?1
-                   AND json_extract(json, '$.registration.series_key') IS NOT NULL
+                   AND json_extract(json, '$.numbering.key') IS NOT NULL
                UNION ALL
-               SELECT json_extract(json, '$.series_key'), 0, 1 FROM records
-                 WHERE unit = ?1 AND kind = 'register')
-             GROUP BY key ORDER BY key",
+               SELECT json_extract(json, '$.series_key'), json_extract(json, '$.series'),
+                      json_extract(json, '$.body'), json_extract(json, '$.year'), 0, 1
+                 FROM records WHERE unit = ?1 AND kind = 'register')
+             GROUP BY key ORDER BY MIN(year), MIN(series), MIN(body)",
         )?;
         let rows = stmt.query_map([unit], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, bool>(2)?,
-            ))
+            Ok(SeriesSummary {
+                series: r.get(1)?,
+                body: r.get(2)?,
+                year: r.get(3)?,
+                numbers: r.get::<_, i64>(4)? as u64,
+                closed: r.get(5)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -1221,6 +1252,72 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_series_counts_numbers_written_on_imports_and_only_its_own_units_records() {
+        use crate::lifecycle::{Series, SeriesKey};
+        let mut s = Store::in_memory("18562").unwrap();
+        let year = &model::now_vietnam()[..4];
+        let numbered = |unit: &str, number: &str, issuer: &str| {
+            let h = Header {
+                unit: unit.into(),
+                audience: vec![unit.into(), "18562".into()],
+                ..header()
+            };
+            model::create_document(
+                &h,
+                &DocumentPatch {
+                    number: Some(number.into()),
+                    notation: Some("QĐ-UBND".into()),
+                    issuer: Some(issuer.into()),
+                    issued_date: Some(format!("{year}-03-02")),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let key = SeriesKey {
+            unit: "18562".into(),
+            series: Series::Outgoing,
+            body: "UBND xã Thạch Hà".into(),
+            year: year.parse().unwrap(),
+        };
+        let first = DocId::new();
+        s.put(&first, numbered("18562", "05", "UBND Xã Thạch  Hà"), &[])
+            .unwrap();
+        // The same issuer however it is written, and an imported number counts.
+        assert_eq!(s.last_number(&key).unwrap(), 5);
+        // Another unit's record naming the same body and number is not in this register.
+        s.put(
+            &DocId::new(),
+            numbered("18568", "40", "UBND xã Thạch Hà"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.last_number(&key).unwrap(), 5);
+        assert_eq!(s.register_entries(&key).unwrap().len(), 1);
+        // A second document holding 05 is a duplicate of the first, until it is deleted.
+        let second = DocId::new();
+        s.put(&second, numbered("18562", "5", "UBND xã Thạch Hà"), &[])
+            .unwrap();
+        let key_of = |s: &Store, id: &DocId| {
+            s.stored_json(id).unwrap().unwrap()["number_key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            s.same_number(&first, &key_of(&s, &first)).unwrap(),
+            std::slice::from_ref(&second)
+        );
+        s.modify(&second, |d| model::tombstone(d, "t")).unwrap();
+        assert!(
+            s.same_number(&first, &key_of(&s, &first))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(s.last_number(&key).unwrap(), 5);
     }
 
     #[test]

@@ -132,6 +132,29 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+/// Does `password` match the stored hash? An unknown user (`None`) is checked against
+/// a hash made once, so both cost one argon2 run and timing does not tell which names
+/// exist.
+pub fn check_password(stored: Option<&str>, password: &str) -> Result<bool, UserError> {
+    static NOBODY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let nobody = match NOBODY.get() {
+        Some(h) => h,
+        None => {
+            let h = argon2::Argon2::default()
+                .hash_password(b"not a password of anyone")
+                .map_err(|e| UserError::Hash(e.to_string()))?
+                .to_string();
+            NOBODY.get_or_init(|| h)
+        }
+    };
+    let phc = stored.unwrap_or(nobody);
+    let parsed = PasswordHash::new(phc).map_err(|e| UserError::Hash(e.to_string()))?;
+    let ok = argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    Ok(ok && stored.is_some())
+}
+
 fn token_hash(token: &str) -> String {
     blake3::hash(token.as_bytes()).to_hex().to_string()
 }
@@ -255,30 +278,27 @@ impl Directory {
 
     /// Checks a password and hands out a token for it.
     pub fn login(&self, name: &str, password: &str) -> Result<(String, Actor), UserError> {
-        let stored: Option<String> = self
+        let stored = self.password_hash(name)?;
+        if !check_password(stored.as_deref(), password)? {
+            return Err(UserError::WrongPassword);
+        }
+        self.issue_token(name)
+    }
+
+    /// The stored argon2 hash of a user's password, if the user exists. With
+    /// [`check_password`] and [`Directory::issue_token`] it splits sign-in so the slow
+    /// hash runs without holding the directory.
+    pub fn password_hash(&self, name: &str) -> Result<Option<String>, UserError> {
+        Ok(self
             .conn
             .prepare_cached("SELECT password FROM users WHERE name = ?1")?
             .query_row([name], |r| r.get(0))
-            .optional()?;
-        // An unknown name costs a hash too, so timing does not tell which names exist.
-        let (phc, known) = match stored {
-            Some(p) => (p, true),
-            None => (
-                argon2::Argon2::default()
-                    .hash_password(b"not a password of anyone")
-                    .map_err(|e| UserError::Hash(e.to_string()))?
-                    .to_string(),
-                false,
-            ),
-        };
-        let parsed = PasswordHash::new(&phc)
-            .map_err(|e| UserError::Damaged(name.to_string(), e.to_string()))?;
-        let ok = argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
-        if !(ok && known) {
-            return Err(UserError::WrongPassword);
-        }
+            .optional()?)
+    }
+
+    /// A new token for a user whose password was checked.
+    pub fn issue_token(&self, name: &str) -> Result<(String, Actor), UserError> {
+        let actor = self.actor(name)?;
         let token = hex::encode(determinism::random_bytes::<32>());
         self.conn.execute(
             "DELETE FROM sessions WHERE expires < ?1",
@@ -292,7 +312,7 @@ impl Directory {
                 now_secs() + TOKEN_LIFETIME.as_secs() as i64
             ],
         )?;
-        Ok((token, self.actor(name)?))
+        Ok((token, actor))
     }
 
     /// The user a token stands for, if it is valid and not expired.

@@ -779,7 +779,8 @@ fn signed_document(store: &mut Store, until: &str) -> DocId {
 }
 
 #[test]
-fn a_signature_altered_or_removed_by_a_peer_is_refused_and_the_session_goes_on() {
+fn a_signature_altered_or_removed_or_a_step_taken_by_another_unit_is_refused_and_the_session_goes_on()
+ {
     use automerge::transaction::Transactable;
     use automerge::{ObjType, ROOT, ReadDoc, Value};
     let mut a = side("a", member(A, Role::Node), "b");
@@ -790,7 +791,7 @@ fn a_signature_altered_or_removed_by_a_peer_is_refused_and_the_session_goes_on()
     assert_eq!(json(&mut b.store, &doc), before);
 
     type Forgery = fn(&mut automerge::Automerge) -> Result<(), model::ModelError>;
-    let forgeries: [(&str, Forgery); 2] = [
+    let forgeries: [(&str, Forgery); 4] = [
         ("renames the signer", |d| {
             let list = match d.get(ROOT, "signatures")? {
                 Some((Value::Object(ObjType::List), l)) => l,
@@ -808,6 +809,21 @@ fn a_signature_altered_or_removed_by_a_peer_is_refused_and_the_session_goes_on()
         ("removes the signature", |d| {
             let mut tx = d.transaction();
             tx.delete(ROOT, "signatures")?;
+            tx.commit();
+            Ok(())
+        }),
+        // A node of another unit that may see the document steps it on itself.
+        ("recalls it from another unit", |d| {
+            let mut tx = d.transaction();
+            tx.put(ROOT, "state", "recalled")?;
+            tx.commit();
+            Ok(())
+        }),
+        ("asks for a number from another unit", |d| {
+            let mut tx = d.transaction();
+            let r = tx.put_object(ROOT, "number_request", ObjType::Map)?;
+            tx.put(&r, "series", "outgoing")?;
+            tx.put(ROOT, "state", "awaiting_number")?;
             tx.commit();
             Ok(())
         }),
