@@ -11,14 +11,17 @@ use sync_core::lifecycle::{self, ActionRequest, Context, Registry, SeriesKey};
 use sync_core::model::{self, DocId, DocumentPatch, Header, Kind, ModelError, NewAnnotation};
 use sync_core::users::{Actor, Directory, UserRole};
 
-struct Book;
+/// A register with `last` numbers given; a year before this one is closed.
+struct Book {
+    last: u32,
+}
 
 impl Registry for Book {
     fn is_closed(&self, key: &SeriesKey) -> Result<bool, String> {
-        Ok(key.year < 2020)
+        Ok(key.year < 2026)
     }
     fn last_number(&self, _: &SeriesKey) -> Result<u32, String> {
-        Ok(u32::MAX)
+        Ok(self.last)
     }
 }
 
@@ -26,7 +29,7 @@ impl Registry for Book {
 fn users() -> &'static [Actor] {
     static USERS: OnceLock<Vec<Actor>> = OnceLock::new();
     USERS.get_or_init(|| {
-        let dir = Directory::in_memory().expect("in memory");
+        let mut dir = Directory::in_memory().expect("in memory");
         UserRole::ALL
             .iter()
             .map(|role| {
@@ -69,25 +72,35 @@ fuzz_target!(|data: &[u8]| {
             model::annotation_json(&DocId::new(), &note, &doc).expect("resolves");
         }
     }
-    if let Ok(request) = serde_json::from_slice::<ActionRequest>(data) {
+    // A whole sequence of steps, each taken by every role in turn on a registrar and
+    // elsewhere, so the fuzzer reaches the later states.
+    if let Ok(requests) = serde_json::from_slice::<Vec<ActionRequest>>(data) {
         let id = DocId::new();
         let unit = sync_core::units::UnitCode::parse("18562").expect("a commune");
         let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-        for (i, actor) in users().iter().enumerate() {
-            let ctx = Context {
-                actor,
-                node: "fuzz",
-                unit: &unit,
-                unit_name: "Xã Thạch Hà",
-                registrar: i % 2 == 0,
-                org_key: &key,
-            };
-            let heads = doc.get_heads();
-            if lifecycle::apply(&mut doc, &id, &request, &ctx, &Book).is_err() {
-                assert_eq!(doc.get_heads(), heads, "a refused action changes nothing");
+        for (n, request) in requests.iter().take(64).enumerate() {
+            for (i, actor) in users().iter().enumerate() {
+                let ctx = Context {
+                    actor,
+                    node: "fuzz",
+                    unit: &unit,
+                    unit_name: "Xã Thạch Hà",
+                    registrar: (n + i) % 2 == 0,
+                    org_key: &key,
+                };
+                let book = Book {
+                    last: if n % 3 == 0 { u32::MAX } else { n as u32 },
+                };
+                let heads = doc.get_heads();
+                if lifecycle::apply(&mut doc, &id, request, &ctx, &book).is_err() {
+                    assert_eq!(doc.get_heads(), heads, "a refused action changes nothing");
+                }
+                if n % 5 == 4 {
+                    let _ = lifecycle::fulfil_request(&mut doc, Some(n as u32), "registrar");
+                }
             }
-            model::to_json(&id, &doc).expect("still readable");
-            sync_core::signature::verify_all(&id, &doc).expect("checkable");
         }
+        model::to_json(&id, &doc).expect("still readable");
+        sync_core::signature::verify_all(&id, &doc).expect("checkable");
     }
 });

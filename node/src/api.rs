@@ -237,17 +237,15 @@ async fn login(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Jso
     let users = state.users.clone();
     let result = tokio::task::spawn_blocking(move || {
         let lock = || users.lock().unwrap_or_else(|p| p.into_inner());
-        // The slow hash runs without the directory, so other requests are not held up.
-        let stored = lock().password_hash(&login.user);
-        let checked = stored.and_then(|stored| {
-            sync_core::users::check_password(stored.as_deref(), &login.password)
-        });
-        match checked {
-            Ok(true) => lock().issue_token(&login.user),
-            Ok(false) => Err(UserError::WrongPassword),
-            Err(e) => Err(e),
-        }
-        .map_err(|e| (login.user.chars().take(64).collect::<String>(), e))
+        // The slow hashing runs without the directory, so other requests are not held up.
+        let credentials = lock().credentials(&login.user);
+        credentials
+            .and_then(|c| sync_core::users::open_key(c.as_ref(), &login.password))
+            .and_then(|key| match key {
+                Some(key) => lock().issue_token(&login.user, key),
+                None => Err(UserError::WrongPassword),
+            })
+            .map_err(|e| (login.user.chars().take(64).collect::<String>(), e))
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -270,14 +268,10 @@ async fn login(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Jso
 async fn logout(State(state): State<AppState>, request: Request) -> ApiResult<StatusCode> {
     if let Some(token) = bearer(&request) {
         let users = state.users.clone();
-        tokio::task::spawn_blocking(move || {
-            users
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .logout(&token)
-        })
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .logout(&token);
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -605,9 +599,14 @@ async fn patch_document(
 async fn delete_document(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    actor: Option<Extension<Arc<Actor>>>,
 ) -> ApiResult<Json<JsonValue>> {
     let id = parse_id(&id)?;
-    let by = state.net.id().to_string();
+    // Who deleted it: the signed-in user, or the node in setup mode.
+    let by = actor.map_or_else(
+        || state.net.id().to_string(),
+        |Extension(a)| a.user.name.clone(),
+    );
     let value = with_store(&state, move |s| {
         document_json(s, &id)?;
         if !model::is_deleted(s.get(&id)?.expect("checked above")) {

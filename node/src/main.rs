@@ -217,14 +217,19 @@ fn user(dir: &DataDir, command: UserCommand) -> anyhow::Result<ExitCode> {
             title,
         } => {
             let role = UserRole::parse(&role)?;
-            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                eprint!("password for {name}: ");
-            }
-            let mut password = String::new();
-            std::io::stdin()
-                .read_line(&mut password)
-                .context("cannot read the password from standard input")?;
-            let password = password.trim_end_matches(['\r', '\n']);
+            // At a terminal the password is asked for without echo; from a pipe it is
+            // the first line.
+            let password = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                rpassword::prompt_password(format!("password for {name}: "))
+                    .context("cannot read the password")?
+            } else {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read the password from standard input")?;
+                line.trim_end_matches(['\r', '\n']).to_string()
+            };
+            let password = password.as_str();
             let user = users.add(&name, role, &full_name, &title, password)?;
             println!(
                 "added {} ({}), signing key {}",

@@ -250,7 +250,7 @@ pub enum LifecycleError {
     Frozen,
     #[error(
         "the document is awaiting its number from the unit's registrar; it moves on once \
-         the registrar has synced"
+         the registrar has synced (or the clerk withdraws the request: withdraw_number)"
     )]
     AwaitingNumber,
     #[error(
@@ -343,6 +343,13 @@ const TRANSITIONS: &[Transition] = &[
         roles: CLERK,
     },
     Transition {
+        action: "withdraw_number",
+        direction: Direction::Outgoing,
+        from: &[AWAITING_NUMBER],
+        to: "signed",
+        roles: CLERK,
+    },
+    Transition {
         action: "org_sign",
         direction: Direction::Outgoing,
         from: &["numbered"],
@@ -403,6 +410,13 @@ const TRANSITIONS: &[Transition] = &[
         direction: Direction::Incoming,
         from: &["received"],
         to: "registered",
+        roles: CLERK,
+    },
+    Transition {
+        action: "withdraw_number",
+        direction: Direction::Incoming,
+        from: &[AWAITING_NUMBER],
+        to: "received",
         roles: CLERK,
     },
     Transition {
@@ -569,7 +583,7 @@ pub fn apply(
             valid: valid.join(", "),
         });
     };
-    if state == AWAITING_NUMBER {
+    if state == AWAITING_NUMBER && action != "withdraw_number" {
         return Err(LifecycleError::AwaitingNumber);
     }
     if !t.from.contains(&state.as_str()) {
@@ -810,6 +824,9 @@ pub fn apply(
             let c = tx.put_object(ROOT, "completion", ObjType::Map)?;
             tx.put(&c, "at", model::now_vietnam())?;
             tx.put(&c, "on_time", on_time)?;
+        }
+        "withdraw_number" if tx.get(ROOT, "number_request")?.is_some() => {
+            tx.delete(ROOT, "number_request")?;
         }
         "correct" | "replace" => {
             if let Some(by) = &request.by_document {
@@ -1312,7 +1329,7 @@ mod tests {
     };
 
     fn actor(role: UserRole) -> Actor {
-        let dir = Directory::in_memory().unwrap();
+        let mut dir = Directory::in_memory().unwrap();
         let name = role.as_str();
         dir.add(
             name,
@@ -1576,6 +1593,11 @@ mod tests {
             .act(&mut doc, &id, &clerk, action_named("org_sign"), &OPEN)
             .unwrap_err();
         assert!(matches!(err, LifecycleError::AwaitingNumber));
+        // Withdrawn and asked again.
+        let mut withdrawn = doc.fork();
+        laptop.step(&mut withdrawn, &id, &clerk, "withdraw_number");
+        assert_eq!(field(&withdrawn, "state").as_deref(), Some("signed"));
+        assert!(pending_request(&withdrawn).is_none());
         let (key, then) = pending_request(&doc).unwrap();
         assert_eq!(key.series, Series::Outgoing);
         assert_eq!(key.body, "UBND xã Thạch Hà");

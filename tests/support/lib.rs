@@ -265,9 +265,11 @@ impl Process {
         r.body
     }
 
-    /// Starts `serve` and waits until the API answers.
+    /// Starts `serve` and waits until the API answers. Sign-in tokens do not survive a
+    /// restart: the next request as a user signs in again.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
+        self.tokens.clear();
         let log = File::options()
             .create(true)
             .append(true)

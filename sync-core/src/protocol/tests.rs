@@ -720,7 +720,7 @@ fn a_configured_peer_cannot_pass_itself_off_as_a_relay() {
 fn signed_document(store: &mut Store, until: &str) -> DocId {
     use crate::lifecycle::{ActionRequest, Context};
     use crate::users::{Directory, UserRole};
-    let users = Directory::in_memory().unwrap();
+    let mut users = Directory::in_memory().unwrap();
     users
         .add(
             "chutich",
