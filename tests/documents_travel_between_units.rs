@@ -220,6 +220,31 @@ fn a_signed_numbered_dispatch_arrives_as_incoming_and_its_acknowledgements_retur
         p.stored_ids().contains(&doc) && b.stored_ids().contains(&doc),
         "the dispatched document itself is held by its recipients"
     );
+    // An issued document is fixed: neither a recipient nor its own office edits it.
+    let r = b
+        .try_patch(
+            &format!("/api/v1/documents/{doc}"),
+            &json!({ "subject": "Sửa bởi Lộc Hà" }),
+        )
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("content is fixed")
+    );
+    a.act_as(Some("chuyenvien"));
+    let r = a
+        .try_patch(
+            &format!("/api/v1/documents/{doc}"),
+            &json!({ "body": "khác" }),
+        )
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = a.try_delete(&format!("/api/v1/documents/{doc}")).unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("not deleted"));
     assert!(!p.stored_ids().contains(&secret) && !b.stored_ids().contains(&secret));
 
     // Both acknowledgements reach the sender's copy.
@@ -240,10 +265,15 @@ fn a_signed_numbered_dispatch_arrives_as_incoming_and_its_acknowledgements_retur
     }
     // The outgoing register prints it with the acknowledgements.
     let year = back["registration"]["year"].as_i64().unwrap();
-    let book = a.get(&format!(
+    // The one outgoing register A keeps this year, found without naming its body, and
+    // by its body however it is written.
+    let book = a.get(&format!("/api/v1/registers/outgoing/{year}"));
+    assert_eq!(book["body"], "UBND xã Thạch Hà");
+    let same = a.get(&format!(
         "/api/v1/registers/outgoing/{year}?body={}",
-        encode("UBND xã Thạch Hà")
+        encode("ubnd XÃ thạch hà")
     ));
+    assert_eq!(same["entries"], book["entries"]);
     let entry = &book["entries"][0];
     assert_eq!(entry["cells"][0], "01/UBND-VP");
     assert_eq!(entry["cells"][3], "Chủ tịch Nguyễn Văn An");

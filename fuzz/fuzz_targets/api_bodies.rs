@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
 use sync_core::lifecycle::{self, ActionRequest, Context, Registry, SeriesKey};
-use sync_core::model::{self, DocId, DocumentPatch, Header, Kind, ModelError, NewAnnotation};
+use sync_core::model::{self, DocId, DocumentPatch, Header, Kind, NewAnnotation};
 use sync_core::users::{Actor, Directory, UserRole};
 
 /// A register with `last` numbers given; a year before this one is closed.

@@ -507,6 +507,16 @@ async fn list_documents(
     Ok(Json(page))
 }
 
+/// A secret document (độ mật) stays on its unit's nodes, so its audience is its unit.
+fn refuse_secret_audience(secret: bool, audience: &[String], unit: &str) -> ApiResult<()> {
+    if secret && audience.iter().any(|u| u != unit) {
+        return Err(ApiError::bad_request(
+            "a secret document (độ mật) never leaves its unit: its audience is the unit alone",
+        ));
+    }
+    Ok(())
+}
+
 async fn create_document(
     State(state): State<AppState>,
     body: Bytes,
@@ -522,6 +532,11 @@ async fn create_document(
         let unit = s.info().unit.clone();
         let mut audience = patch.audience.clone().unwrap_or_default();
         validate_audience(&audience)?;
+        let secret = patch
+            .secrecy
+            .as_deref()
+            .is_some_and(|s| !s.trim().is_empty());
+        refuse_secret_audience(secret, &audience, &unit)?;
         audience.push(unit.clone());
         audience.sort();
         audience.dedup();
@@ -583,6 +598,15 @@ async fn patch_document(
                 )));
             }
         }
+        let secret = patch
+            .secrecy
+            .as_deref()
+            .or(current["secrecy"].as_str())
+            .is_some_and(|s| !s.trim().is_empty());
+        let audience = patch.audience.clone().unwrap_or_else(|| {
+            serde_json::from_value(current["audience"].clone()).unwrap_or_default()
+        });
+        refuse_secret_audience(secret, &audience, &unit)?;
         if current["deleted"] == true {
             return Err(ApiError(
                 StatusCode::CONFLICT,
@@ -609,6 +633,14 @@ async fn delete_document(
     );
     let value = with_store(&state, move |s| {
         document_json(s, &id)?;
+        if sync_core::lifecycle::content_fixed(s.get(&id)?.expect("checked above")) {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                "the document is being issued or was issued: it is recalled, corrected or \
+                 replaced, not deleted"
+                    .into(),
+            ));
+        }
         if !model::is_deleted(s.get(&id)?.expect("checked above")) {
             s.modify(&id, |doc| model::tombstone(doc, &by))?;
         }

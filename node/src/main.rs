@@ -279,6 +279,7 @@ fn serve(
     store.set_cache_capacity(cache_documents);
     let users = Directory::open(&dir.store_path())?;
     let office = office::Office {
+        unit: me.unit.clone(),
         registrar,
         org_key: ed25519_dalek::SigningKey::from_bytes(&key.to_bytes()),
     };

@@ -67,12 +67,15 @@ pub fn enrich(store: &mut Store, id: &DocId, value: &mut JsonValue) -> ApiResult
     value["duplicates"] = json!(duplicates.iter().map(DocId::as_str).collect::<Vec<_>>());
     if let Some(to) = value["dispatch"]["to"].as_array().cloned() {
         let receipts = receipts(store, id, &to)?;
-        let acknowledged = receipts
-            .iter()
-            .filter(|r| r["acknowledged"] == true)
-            .count();
-        value["received_by_all"] = json!(receipts.len() == to.len());
-        value["acknowledged_by_all"] = json!(acknowledged == to.len());
+        // Only the sender holds every recipient's receipt; a recipient sees its own.
+        if value["unit"].as_str() == Some(store.info().unit.as_str()) {
+            let acknowledged = receipts
+                .iter()
+                .filter(|r| r["acknowledged"] == true)
+                .count();
+            value["received_by_all"] = json!(receipts.len() == to.len());
+            value["acknowledged_by_all"] = json!(acknowledged == to.len());
+        }
         value["receipts"] = json!(receipts);
     }
     if let Some(source) = value["source"]["document"]
@@ -88,7 +91,17 @@ pub fn enrich(store: &mut Store, id: &DocId, value: &mut JsonValue) -> ApiResult
                 });
                 let j = model::to_json(&source, src)?;
                 for key in [
-                    "unit", "number", "notation", "issuer", "subject", "state", "heads",
+                    "unit",
+                    "type",
+                    "number",
+                    "notation",
+                    "issuer",
+                    "place",
+                    "issued_date",
+                    "subject",
+                    "state",
+                    "heads",
+                    "body",
                 ] {
                     s[key] = j[key].clone();
                 }
@@ -117,10 +130,7 @@ pub fn enrich(store: &mut Store, id: &DocId, value: &mut JsonValue) -> ApiResult
 // users' keys under its organisation's signature.
 pub fn mark_signers(state: &AppState, value: &mut JsonValue) {
     let own = state.net.id().to_string();
-    let own_unit = {
-        let s = service::lock(&state.store);
-        s.info().unit.clone()
-    };
+    let own_unit = state.office.unit.as_str();
     let users: Vec<String> = state
         .users
         .lock()
@@ -270,14 +280,19 @@ pub async fn signatures(
 
 /// How this node takes part in the office's work.
 pub struct Office {
+    /// The unit this node serves.
+    pub unit: UnitCode,
     /// Whether this node gives the unit's numbers.
     pub registrar: bool,
     /// The node's key, which applies the organisation's signature.
     pub org_key: ed25519_dalek::SigningKey,
 }
 
+/// The register a request names. Without a `body`, the one series of that kind and year
+/// this node holds; with none, the unit's own (under its official name); with several,
+/// the request must say which.
 fn series_key(s: &Store, series: &str, year: i32, body: Option<&str>) -> ApiResult<SeriesKey> {
-    let series = Series::parse(series).ok_or_else(|| {
+    let kind = Series::parse(series).ok_or_else(|| {
         ApiError::bad_request(format!(
             "{series:?} is not a register: use outgoing, incoming, secret or secret-incoming"
         ))
@@ -287,16 +302,33 @@ fn series_key(s: &Store, series: &str, year: i32, body: Option<&str>) -> ApiResu
             "{year} is not a year of a register"
         )));
     }
+    let unit = s.info().unit.clone();
+    let body = match body.map(str::trim).filter(|b| !b.is_empty()) {
+        Some(b) => b.to_string(),
+        None => {
+            let held: Vec<String> = s
+                .register_series(&unit)?
+                .into_iter()
+                .filter(|r| r.series == kind.as_str() && r.year == i64::from(year))
+                .map(|r| r.body)
+                .collect();
+            match held.as_slice() {
+                [] => UnitCode::parse(&unit).map_or_else(|_| s.info().name.clone(), |u| u.name()),
+                [one] => one.clone(),
+                several => {
+                    return Err(ApiError::bad_request(format!(
+                        "this unit keeps {series} registers of {year} for several issuing \
+                         bodies ({}): name one with ?body= (or \"body\" when closing)",
+                        several.join("; ")
+                    )));
+                }
+            }
+        }
+    };
     Ok(SeriesKey {
-        unit: s.info().unit.clone(),
-        series,
-        body: body
-            .map(str::trim)
-            .filter(|b| !b.is_empty())
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                UnitCode::parse(&s.info().unit).map_or_else(|_| s.info().name.clone(), |u| u.name())
-            }),
+        unit,
+        series: kind,
+        body,
         year,
     })
 }

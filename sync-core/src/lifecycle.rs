@@ -152,8 +152,8 @@ fn check_year(year: i32) -> Result<(), LifecycleError> {
         Ok(())
     } else {
         Err(LifecycleError::Invalid(format!(
-            "numbers are given in the register of {now} (or of {} until it is closed), not \
-             of {year}",
+            "a number is given in this year's register ({now}), or in last year's ({}) \
+             while it is open; not in {year}'s",
             now - 1
         )))
     }
@@ -471,6 +471,26 @@ pub fn is_frozen(state: &str) -> bool {
     state == "recalled"
 }
 
+/// The states in which an outgoing document's content is fixed: its number is asked for
+/// or given. A change is made by correcting or replacing it with another document.
+pub const CONTENT_FIXED: &[&str] = &[
+    AWAITING_NUMBER,
+    "numbered",
+    "org_signed",
+    "registered",
+    "dispatched",
+    "filed",
+    "corrected",
+    "replaced",
+    "recalled",
+];
+
+/// Is the content of `doc` fixed (an outgoing document being or having been issued)?
+pub fn content_fixed(doc: &Automerge) -> bool {
+    Direction::of(doc) == Direction::Outgoing
+        && model::get_str(doc, ROOT, "state").is_some_and(|s| CONTENT_FIXED.contains(&s.as_str()))
+}
+
 fn state_of(doc: &Automerge, direction: Direction) -> String {
     model::get_str(doc, ROOT, "state").unwrap_or_else(|| direction.initial_state().into())
 }
@@ -589,11 +609,11 @@ pub fn apply(
     if !t.from.contains(&state.as_str()) {
         return Err(LifecycleError::Illegal {
             action: action.into(),
-            state: state.replace('_', " "),
+            state: state.clone(),
             from: t
                 .from
                 .iter()
-                .map(|s| s.replace('_', " "))
+                .map(|s| s.to_string())
                 .collect::<Vec<_>>()
                 .join(" or "),
         });
@@ -1113,6 +1133,17 @@ pub fn check_received(
             doc,
             heads: Some(before),
         };
+        let issued = then
+            .str(&ROOT, "state")
+            .is_some_and(|s| CONTENT_FIXED.contains(&s.as_str()))
+            && then.str(&ROOT, "direction").as_deref() != Some("incoming");
+        if issued {
+            return Err(
+                "the document is issued: another unit does not change it (its owner corrects \
+                 or replaces it)"
+                    .into(),
+            );
+        }
         let mut keys: Vec<&str> = LIFECYCLE_KEYS.to_vec();
         if !then.json(&ROOT, "registration".into()).is_null() {
             keys.extend(["number", "issued_date"]);
@@ -1819,5 +1850,23 @@ mod tests {
         let mut edited = doc.fork();
         model::splice_body(&mut edited, 0, 0, "Góp ý: ").unwrap();
         check_received(&id, &edited, &doc.get_heads(), true, nothing).unwrap();
+        // Once numbered it is issued: another unit changes nothing of it, and its own
+        // offices edit it no more.
+        let mut issued = doc.fork();
+        office.step(&mut issued, &id, &actor(UserRole::Clerk), "number");
+        let numbered = issued.get_heads();
+        let mut edited = issued.fork();
+        model::splice_body(&mut edited, 0, 0, "Góp ý: ").unwrap();
+        let err = check_received(&id, &edited, &numbered, true, nothing).unwrap_err();
+        assert!(err.contains("is issued"), "{err}");
+        let err = model::update_document(
+            &mut issued,
+            &DocumentPatch {
+                subject: Some("khác".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("content is fixed"), "{err}");
     }
 }

@@ -555,6 +555,14 @@ pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(),
             "the document was recalled: it is frozen and takes no more edits".into(),
         ));
     }
+    if crate::lifecycle::content_fixed(doc) {
+        return Err(ModelError::Invalid(
+            "the document is being issued or was issued (its number is asked for or given): \
+             its content is fixed; correct or replace it with another document, or withdraw \
+             the number request"
+                .into(),
+        ));
+    }
     let registered = get_obj(doc, ROOT, "registration", ObjType::Map).is_some()
         && crate::lifecycle::Direction::of(doc) == crate::lifecycle::Direction::Outgoing;
     if registered && (patch.number.is_some() || patch.issued_date.is_some()) {

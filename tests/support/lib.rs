@@ -388,6 +388,14 @@ impl Process {
         reply(r.send_json(body))
     }
 
+    pub fn try_delete(&self, path: &str) -> Result<Reply, String> {
+        let mut r = agent().delete(&self.url(path));
+        if let Some(auth) = self.authorization() {
+            r = r.header("Authorization", &auth);
+        }
+        reply(r.call())
+    }
+
     /// GET that must succeed with 200.
     pub fn get(&self, path: &str) -> Value {
         let r = self
