@@ -148,8 +148,9 @@ fn offline_laptops_queue_number_requests_and_the_registrar_numbers_all_six_once(
         .unwrap();
     assert_eq!(csv.status, 200);
     let text = csv.body.as_str().unwrap();
+    // With a byte order mark, so spreadsheets read it as UTF-8.
     assert!(
-        text.starts_with("\"Số, ký hiệu văn bản\",Ngày tháng văn bản"),
+        text.starts_with("\u{feff}\"Số, ký hiệu văn bản\",Ngày tháng văn bản"),
         "{text}"
     );
     assert_eq!(text.lines().count(), 7, "{text}");

@@ -43,6 +43,9 @@ pub struct AppState {
     /// The node's users and sign-in tokens.
     pub users: Arc<std::sync::Mutex<Directory>>,
     pub office: Arc<Office>,
+    /// Sign-ins hashing at once: each takes tens of MiB and a core for a moment, so a
+    /// flood of them waits here instead of exhausting the node.
+    pub login_slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -131,7 +134,7 @@ impl From<UserError> for ApiError {
     fn from(e: UserError) -> ApiError {
         match e {
             UserError::WrongPassword => ApiError(StatusCode::UNAUTHORIZED, e.to_string()),
-            UserError::Sql(_) | UserError::Damaged(..) | UserError::Hash(_) => {
+            UserError::Sql(_) | UserError::Damaged(..) | UserError::Hash(_) | UserError::Sealed => {
                 ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
             }
             other => ApiError::bad_request(other.to_string()),
@@ -234,6 +237,11 @@ struct Login {
 
 async fn login(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<JsonValue>> {
     let login: Login = parse_body(&body)?;
+    let _slot = state
+        .login_slots
+        .acquire()
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let users = state.users.clone();
     let result = tokio::task::spawn_blocking(move || {
         let lock = || users.lock().unwrap_or_else(|p| p.into_inner());
@@ -548,8 +556,16 @@ async fn create_document(
             created_at: model::now_vietnam(),
             confidential: false,
         };
+        // An outgoing document is issued by the office unless it names another body.
+        let outgoing = patch.direction.as_deref() != Some("incoming");
+        let issuer = match patch.issuer.clone() {
+            Some(i) if !i.trim().is_empty() => Some(i),
+            _ if outgoing => Some(s.info().name.clone()),
+            other => other,
+        };
         let patch = DocumentPatch {
             audience: Some(audience),
+            issuer,
             ..patch
         };
         let doc = model::create_document(&header, &patch)?;
@@ -582,6 +598,14 @@ async fn patch_document(
         let unit = s.info().unit.clone();
         let current = document_json(s, &id)?;
         let owned = current["unit"] == unit.as_str();
+        if !owned && current["direction"] == "incoming" {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "an incoming document belongs to the unit that received it: only its offices \
+                 edit it"
+                    .into(),
+            ));
+        }
         if !owned && (patch.audience.is_some() || patch.secrecy.is_some()) {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
@@ -598,15 +622,16 @@ async fn patch_document(
                 )));
             }
         }
-        let secret = patch
-            .secrecy
-            .as_deref()
-            .or(current["secrecy"].as_str())
-            .is_some_and(|s| !s.trim().is_empty());
-        let audience = patch.audience.clone().unwrap_or_else(|| {
-            serde_json::from_value(current["audience"].clone()).unwrap_or_default()
-        });
-        refuse_secret_audience(secret, &audience, &unit)?;
+        // Widening a secret document's audience is refused; marking a shared document
+        // secret is not (from then on it is held back from the other units).
+        if let Some(audience) = &patch.audience {
+            let secret = patch
+                .secrecy
+                .as_deref()
+                .or(current["secrecy"].as_str())
+                .is_some_and(|s| !s.trim().is_empty());
+            refuse_secret_audience(secret, audience, &unit)?;
+        }
         if current["deleted"] == true {
             return Err(ApiError(
                 StatusCode::CONFLICT,
@@ -632,7 +657,16 @@ async fn delete_document(
         |Extension(a)| a.user.name.clone(),
     );
     let value = with_store(&state, move |s| {
-        document_json(s, &id)?;
+        let current = document_json(s, &id)?;
+        if current["unit"] != s.info().unit.as_str() {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the document belongs to unit {}: only its own offices delete it",
+                    current["unit"].as_str().unwrap_or("")
+                ),
+            ));
+        }
         if sync_core::lifecycle::content_fixed(s.get(&id)?.expect("checked above")) {
             return Err(ApiError(
                 StatusCode::CONFLICT,

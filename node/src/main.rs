@@ -318,6 +318,7 @@ fn serve(
             net: net.clone(),
             users: std::sync::Arc::new(std::sync::Mutex::new(users)),
             office: std::sync::Arc::new(office),
+            login_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(2)),
         });
         let listener = tokio::net::TcpListener::bind(http)
             .await
@@ -423,6 +424,7 @@ fn import_one(
         issued_date: imported.issued_date,
         subject: imported.subject,
         body: Some(imported.body),
+        imported: true,
         ..Default::default()
     };
     let header = Header {

@@ -567,14 +567,15 @@ pub async fn show_register(
     };
     Ok(match format.as_str() {
         "csv" => {
-            let mut w = csv::Writer::from_writer(Vec::new());
+            // With a byte order mark, so spreadsheets read the Vietnamese text as UTF-8.
+            let mut w = csv::Writer::from_writer(b"\xEF\xBB\xBF".to_vec());
             let csv_err =
                 |e: csv::Error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
             w.write_record(columns).map_err(csv_err)?;
             for (_, row) in &rows {
                 // A cell a spreadsheet would take for a formula is written as text.
                 let cells = row.cells.iter().map(|c| {
-                    if c.starts_with(['=', '+', '-', '@']) {
+                    if c.starts_with(['=', '+', '-', '@', '\t', '\r']) {
                         format!("'{c}")
                     } else {
                         c.clone()
@@ -628,7 +629,7 @@ pub async fn show_register(
             "columns": columns,
             "entries": rows.iter().map(|(d, row)| json!({
                 "id": d["id"],
-                "number": d["registration"]["number"],
+                "number": d["numbering"]["number"],
                 "duplicate": row.cells.last().is_some_and(|n| n.contains("TRÙNG SỐ")),
                 "cells": row.cells,
             })).collect::<Vec<_>>(),
@@ -749,7 +750,7 @@ fn give_number(store: &mut Store, id: &DocId, node: &str) -> Result<(), StoreErr
         Some(n) => info!(record = %id, series = key.series.as_str(), year = key.year,
             number = n, "number given"),
         None => warn!(record = %id, series = key.series.as_str(), year = key.year,
-            "number refused: the year is closed"),
+            "number refused: the year is closed or has no number left"),
     }
     Ok(())
 }

@@ -335,6 +335,15 @@ const TRANSITIONS: &[Transition] = &[
         to: "signed",
         roles: LEADER,
     },
+    // Signing again later, when an edit made elsewhere before the number was asked for
+    // arrived after it: the document stays where it is.
+    Transition {
+        action: "sign",
+        direction: Direction::Outgoing,
+        from: &["numbered", "org_signed"],
+        to: STAY,
+        roles: LEADER,
+    },
     Transition {
         action: "number",
         direction: Direction::Outgoing,
@@ -354,6 +363,13 @@ const TRANSITIONS: &[Transition] = &[
         direction: Direction::Outgoing,
         from: &["numbered"],
         to: "org_signed",
+        roles: CLERK,
+    },
+    Transition {
+        action: "org_sign",
+        direction: Direction::Outgoing,
+        from: &["org_signed"],
+        to: STAY,
         roles: CLERK,
     },
     Transition {
@@ -463,8 +479,17 @@ const TRANSITIONS: &[Transition] = &[
     },
 ];
 
+/// A transition's `to` for a step that leaves the state as it is.
+const STAY: &str = "";
+
 /// The state a document waits in until the registrar gives its number.
 pub const AWAITING_NUMBER: &str = "awaiting_number";
+
+/// Was `doc` imported (a document numbered on paper before it came into Cabinet)? Only
+/// an import carries a number that no register gave.
+pub fn is_imported(doc: &Automerge) -> bool {
+    model::get_str(doc, ROOT, "origin").as_deref() == Some("import")
+}
 
 /// A recalled document takes no edit and no step.
 pub fn is_frozen(state: &str) -> bool {
@@ -582,15 +607,24 @@ pub fn apply(
         }
         .into());
     }
+    if header.unit != ctx.unit.as_str() {
+        return Err(LifecycleError::NotOwner(header.unit.clone()));
+    }
     let direction = Direction::of(doc);
     let state = state_of(doc, direction);
     if is_frozen(&state) {
         return Err(LifecycleError::Frozen);
     }
     let action = request.action.as_str();
-    let Some(t) = TRANSITIONS
-        .iter()
-        .find(|t| t.action == action && t.direction == direction)
+    // The transition for this state, or else the first for the action (to say why not).
+    let for_action = || {
+        TRANSITIONS
+            .iter()
+            .filter(|t| t.action == action && t.direction == direction)
+    };
+    let Some(t) = for_action()
+        .find(|t| t.from.contains(&state.as_str()))
+        .or_else(|| for_action().next())
     else {
         let valid: Vec<&str> = TRANSITIONS
             .iter()
@@ -631,9 +665,6 @@ pub fn apply(
                 .collect::<Vec<_>>()
                 .join(" or "),
         });
-    }
-    if header.unit != ctx.unit.as_str() {
-        return Err(LifecycleError::NotOwner(header.unit.clone()));
     }
     // What was signed is what goes on: numbering, the organisation's signature,
     // registration and dispatch each need the signatures before them to still cover the
@@ -774,9 +805,15 @@ pub fn apply(
             .and_then(|a| model::get_str(doc, &a, "deadline"));
         deadline.is_none_or(|d| today() <= d)
     };
+    let signatures = signature::count(doc);
+    if matches!(action, "sign" | "org_sign") && signatures >= signature::MAX_SIGNATURES {
+        return Err(LifecycleError::Invalid(format!(
+            "the document already carries {signatures} signatures, the most it may"
+        )));
+    }
     let mut tx = doc.transaction();
     let user = ctx.actor.user.name.as_str();
-    let mut to = t.to;
+    let mut to = if t.to == STAY { state.as_str() } else { t.to };
     match action {
         "sign" => {
             let name = ctx.actor.user.full_name.as_str();
@@ -857,7 +894,7 @@ pub fn apply(
         }
         _ => {}
     }
-    let mut outcome = Outcome::Moved(t.to.to_string());
+    let mut outcome = Outcome::Moved(to.to_string());
     if let Some((key, next)) = &numbering {
         match next {
             Some(n) => write_number(&mut tx, key, *n, ctx.node)?,
@@ -980,7 +1017,7 @@ pub fn fulfil_request(
         None => {
             tx.delete(ROOT, "number_request")?;
             let note = format!(
-                "the {} register of {} is closed: no number was given",
+                "no number was given: the {} register of {} is closed or has no number left",
                 key.series.as_str(),
                 key.year
             );
@@ -1031,13 +1068,22 @@ pub fn source_of(doc: &Automerge) -> Option<DocId> {
 /// The incoming document for `unit` of the dispatched document `source`: in the
 /// recipient's queue as received, carrying the sender's number and notation, shared
 /// with the sender so its receipt and acknowledgement travel back.
+///
+/// Its first change is the same wherever it is made (an actor derived from its id, a
+/// fixed time, the unit as creator, the dispatch's time as creation time), so two nodes
+/// of the unit that both receive the document make one record, not two that clash. Where
+/// and when it arrived follows in a change of this node's own.
 pub fn create_incoming(
     source_id: &DocId,
     source: &Automerge,
     unit: &str,
     node: &str,
 ) -> Result<Automerge, ModelError> {
+    let id = incoming_id(source_id, unit);
     let sender = model::read_header(source)?;
+    let dispatched_at = model::get_obj(source, ROOT, "dispatch", ObjType::Map)
+        .and_then(|d| model::get_str(source, &d, "at"))
+        .unwrap_or_default();
     let header = Header {
         kind: Kind::Document,
         unit: unit.to_string(),
@@ -1047,19 +1093,23 @@ pub fn create_incoming(
             a.dedup();
             a
         },
-        created_by: node.to_string(),
-        created_at: model::now_vietnam(),
+        created_by: unit.to_string(),
+        created_at: dispatched_at,
         confidential: false,
     };
-    // The sender's fields as they are: what arrived is recorded, not judged again.
-    let mut doc = model::create_document(
-        &header,
-        &model::DocumentPatch {
-            direction: Some("incoming".into()),
-            ..Default::default()
-        },
-    )?;
+    let actor: [u8; 16] = blake3::hash(format!("cabinet/incoming-actor/1\0{id}").as_bytes())
+        .as_bytes()[..16]
+        .try_into()
+        .expect("16 bytes");
+    let mut doc = Automerge::new().with_actor(automerge::ActorId::from(actor));
     let mut tx = doc.transaction();
+    model::write_header(&mut tx, &header)?;
+    tx.put_object(ROOT, "body", ObjType::Text)?;
+    tx.put(ROOT, "direction", Direction::Incoming.as_str())?;
+    tx.put(ROOT, "state", Direction::Incoming.initial_state())?;
+    tx.put_object(ROOT, "history", ObjType::List)?;
+    tx.put_object(ROOT, "signatures", ObjType::List)?;
+    // The sender's fields as they are: what arrived is recorded, not judged again.
     for key in [
         "type",
         "number",
@@ -1078,6 +1128,10 @@ pub fn create_incoming(
     let s = tx.put_object(ROOT, "source", ObjType::Map)?;
     tx.put(&s, "document", source_id.as_str())?;
     tx.put(&s, "unit", sender.unit.as_str())?;
+    tx.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
+
+    doc.set_actor(model::fresh_actor());
+    let mut tx = doc.transaction();
     tx.put(ROOT, "arrived_at", model::now_vietnam())?;
     let history = list_or_new(&mut tx, "history")?;
     let m = tx.insert_object(&history, 0, ObjType::Map)?;
@@ -1112,11 +1166,17 @@ const LIFECYCLE_KEYS: &[&str] = &[
     "arrival_number",
     "arrival_date",
     "arrived_at",
+    // What places a document in a register, and its deletion.
+    "origin",
+    "number",
+    "issued_date",
+    "deleted",
 ];
 
 /// For a record received from a peer: its signatures verify and none is gone; a peer of
-/// another unit (`from_other_unit`) changes no step of its lifecycle (nor a number the
-/// register gave); and an incoming document has the id its unit and source give it and
+/// another unit (`from_other_unit`) changes no step of its lifecycle, nor its number,
+/// date of issue or deletion, nor anything of it once issued or of an incoming document;
+/// and an incoming document has the id its unit and source give it and
 /// refers only to a document that was dispatched to its unit, as far as the dispatched
 /// one held here (`dispatch_of`) shows.
 pub fn check_received(
@@ -1133,23 +1193,31 @@ pub fn check_received(
             doc,
             heads: Some(before),
         };
-        let issued = then
-            .str(&ROOT, "state")
-            .is_some_and(|s| CONTENT_FIXED.contains(&s.as_str()))
-            && then.str(&ROOT, "direction").as_deref() != Some("incoming");
-        if issued {
-            return Err(
-                "the document is issued: another unit does not change it (its owner corrects \
-                 or replaces it)"
-                    .into(),
-            );
+        // Judged at each change's own history: an edit made before the document was
+        // issued, though it arrives after, is an honest concurrent edit.
+        for change in doc.get_changes(before) {
+            let at = model::At {
+                doc,
+                heads: Some(change.deps()),
+            };
+            let incoming = at.str(&ROOT, "direction").as_deref() == Some("incoming");
+            let issued = at
+                .str(&ROOT, "state")
+                .is_some_and(|s| CONTENT_FIXED.contains(&s.as_str()));
+            if incoming || issued {
+                return Err(if incoming {
+                    "an incoming document belongs to the unit that received it: another unit \
+                     does not change it"
+                        .into()
+                } else {
+                    "the document is issued: another unit does not change it (its owner \
+                     corrects or replaces it)"
+                        .into()
+                });
+            }
         }
-        let mut keys: Vec<&str> = LIFECYCLE_KEYS.to_vec();
-        if !then.json(&ROOT, "registration".into()).is_null() {
-            keys.extend(["number", "issued_date"]);
-        }
-        for key in keys {
-            if now.json(&ROOT, key.into()) != then.json(&ROOT, key.into()) {
+        for key in LIFECYCLE_KEYS {
+            if now.json(&ROOT, (*key).into()) != then.json(&ROOT, (*key).into()) {
                 return Err(format!(
                     "only the owning unit takes a record through its lifecycle: the change \
                      alters its {key}"
@@ -1281,7 +1349,7 @@ pub fn numbering(header: &Header, doc: &Automerge) -> Option<(SeriesKey, u32)> {
         };
         return Some((key, u32::try_from(int("number")?).ok()?));
     }
-    if Direction::of(doc) == Direction::Incoming {
+    if Direction::of(doc) == Direction::Incoming || !is_imported(doc) {
         return None;
     }
     let number: u32 = model::get_str(doc, ROOT, "number")?.trim().parse().ok()?;
@@ -1747,6 +1815,23 @@ mod tests {
         };
         let id = incoming_id(&source_id, "18568");
         assert_eq!(id, incoming_id(&source_id, "18568"));
+        // Two nodes of the unit receiving it make one record: the same first change.
+        let mut one = create_incoming(&source_id, &source, "18568", "node-b").unwrap();
+        let mut two = create_incoming(&source_id, &source, "18568", "laptop-b").unwrap();
+        let first = |d: &Automerge| d.get_changes(&[])[0].hash();
+        assert_eq!(first(&one), first(&two));
+        one.merge(&mut two).unwrap();
+        assert_eq!(
+            model::read_header(&one).unwrap(),
+            model::read_header(&two).unwrap()
+        );
+        assert_eq!(
+            model::to_json(&id, &one).unwrap()["history"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
         assert_ne!(id, incoming_id(&source_id, "42"));
         let mut doc = create_incoming(&source_id, &source, "18568", "node-b").unwrap();
         assert_eq!(field(&doc, "state").as_deref(), Some("received"));

@@ -212,6 +212,10 @@ pub struct DocumentPatch {
     /// A whole new body, applied as the minimal text edit from the current one.
     pub body: Option<String>,
     pub body_splice: Option<BodySplice>,
+    /// Set by the importer, never taken from a request: the document was numbered on
+    /// paper, so its `number` is its place in the register.
+    #[serde(skip)]
+    pub imported: bool,
 }
 
 impl DocumentPatch {
@@ -520,6 +524,9 @@ pub fn create_document(header: &Header, fields: &DocumentPatch) -> Result<Autome
     tx.put_object(ROOT, "body", ObjType::Text)?;
     tx.put(ROOT, "direction", direction.as_str())?;
     tx.put(ROOT, "state", direction.initial_state())?;
+    if fields.imported {
+        tx.put(ROOT, "origin", "import")?;
+    }
     // Made with the document, so two nodes taking the first step or signing first at
     // once append to one list instead of each creating its own.
     tx.put_object(ROOT, "history", ObjType::List)?;
@@ -556,18 +563,31 @@ pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(),
         ));
     }
     if crate::lifecycle::content_fixed(doc) {
+        let state = get_str(doc, ROOT, "state").unwrap_or_default();
         return Err(ModelError::Invalid(
-            "the document is being issued or was issued (its number is asked for or given): \
-             its content is fixed; correct or replace it with another document, or withdraw \
-             the number request"
-                .into(),
+            if state == crate::lifecycle::AWAITING_NUMBER {
+                "the document is awaiting its number: its content is fixed; withdraw the number \
+             request (withdraw_number) to edit it"
+                    .into()
+            } else {
+                "the document was issued (numbered): its content is fixed; correct or replace it \
+             with another document"
+                    .into()
+            },
         ));
     }
-    let registered = get_obj(doc, ROOT, "registration", ObjType::Map).is_some()
-        && crate::lifecycle::Direction::of(doc) == crate::lifecycle::Direction::Outgoing;
-    if registered && (patch.number.is_some() || patch.issued_date.is_some()) {
+    let outgoing = crate::lifecycle::Direction::of(doc) == crate::lifecycle::Direction::Outgoing;
+    let registered = get_obj(doc, ROOT, "registration", ObjType::Map).is_some();
+    if outgoing && registered && (patch.number.is_some() || patch.issued_date.is_some()) {
         return Err(ModelError::Invalid(
             "the number and date of issue were given by the register and cannot be edited".into(),
+        ));
+    }
+    if outgoing && patch.number.is_some() && !crate::lifecycle::is_imported(doc) {
+        return Err(ModelError::Invalid(
+            "an outgoing document's number comes from the register: take the \"number\" \
+             action (documents numbered on paper come in with cabinet-node import)"
+                .into(),
         ));
     }
     for (key, value) in [
@@ -938,6 +958,7 @@ mod tests {
         let patch = DocumentPatch {
             doc_type: Some("Quyết định".into()),
             number: Some("01".into()),
+            imported: true,
             notation: Some("QĐ-UBND".into()),
             subject: Some("Về việc thành lập tổ công tác".into()),
             body: Some("Điều 1. Thành lập.".into()),

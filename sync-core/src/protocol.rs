@@ -807,7 +807,11 @@ impl Session {
         model::to_json(id, doc).map_err(|e| e.to_string())?;
         policy::may_accept(&self.me, peer, before, &after).map_err(|r| r.to_string())?;
         // Signatures must verify and stay, and a receipt must come from a recipient.
-        let from_other_unit = peer.role == Role::Node && peer.unit.as_str() != after.unit;
+        // Another unit's node speaks for its own unit only; a node of our own unit passes on
+        // what it took in, checked when it did.
+        let from_other_unit = peer.role == Role::Node
+            && peer.unit.as_str() != after.unit
+            && peer.unit != self.me.unit;
         crate::lifecycle::check_received(id, doc, held.heads, from_other_unit, |source| {
             store.dispatch_of(source).ok().flatten()
         })?;

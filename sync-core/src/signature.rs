@@ -376,6 +376,11 @@ pub fn verify_all(id: &DocId, doc: &Automerge) -> Result<Vec<Verification>, Mode
         .collect())
 }
 
+/// How many signatures a document carries.
+pub fn count(doc: &Automerge) -> usize {
+    entries(doc).len()
+}
+
 /// The signatures as stored, without checking them (for listings).
 pub fn summary(doc: &Automerge) -> Json {
     json!(

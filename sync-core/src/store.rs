@@ -29,6 +29,9 @@ use crate::determinism;
 use crate::lifecycle::SeriesKey;
 use crate::model::{self, DocId, Header, Kind, ModelError};
 
+/// The meta key and version of the JSON kept with each record.
+const RECORD_JSON: (&str, &str) = ("record_json", "2");
+
 /// How many loaded documents the cache keeps by default.
 pub const DEFAULT_CACHE_DOCUMENTS: usize = 256;
 
@@ -214,7 +217,12 @@ impl Store {
         let conn = Connection::open(path)?;
         Self::configure(&conn)?;
         let epoch = hex::encode(determinism::random_bytes::<16>());
-        for (k, v) in [("epoch", epoch.as_str()), ("unit", unit), ("name", name)] {
+        for (k, v) in [
+            ("epoch", epoch.as_str()),
+            ("unit", unit),
+            ("name", name),
+            (RECORD_JSON.0, RECORD_JSON.1),
+        ] {
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
                 params![k, v],
@@ -232,7 +240,53 @@ impl Store {
         }
         let conn = Connection::open(path)?;
         Self::configure(&conn)?;
-        Self::from_conn(conn, path)
+        let store = Self::from_conn(conn, path)?;
+        store.migrate_record_json()?;
+        Ok(store)
+    }
+
+    /// Stores written before documents carried their lifecycle in their JSON (direction,
+    /// numbering, the key duplicates are found by) get every record's JSON written
+    /// afresh, once.
+    fn migrate_record_json(&self) -> Result<(), StoreError> {
+        let current: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [RECORD_JSON.0],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if current.as_deref() == Some(RECORD_JSON.1) {
+            return Ok(());
+        }
+        let ids: Vec<String> = self
+            .conn
+            .prepare("SELECT id FROM records")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let tx = self.conn.unchecked_transaction()?;
+        for id in ids {
+            let id = DocId::parse(&id)?;
+            // A record that no longer reads keeps the JSON it had.
+            let Some(json) = self
+                .load(&id)?
+                .and_then(|doc| model::to_json(&id, &doc).ok())
+            else {
+                continue;
+            };
+            tx.execute(
+                "UPDATE records SET json = ?2 WHERE id = ?1",
+                params![id.as_str(), json.to_string()],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![RECORD_JSON.0, RECORD_JSON.1],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// A throw-away store, for tests and simulations.
@@ -1269,6 +1323,7 @@ mod tests {
                 &h,
                 &DocumentPatch {
                     number: Some(number.into()),
+                    imported: true,
                     notation: Some("QĐ-UBND".into()),
                     issuer: Some(issuer.into()),
                     issued_date: Some(format!("{year}-03-02")),
@@ -1318,6 +1373,45 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(s.last_number(&key).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_store_from_before_lifecycles_gets_its_records_json_written_afresh_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let id = DocId::new();
+        {
+            let mut s = Store::create(&path, "18562", "Xã Thạch Hà").unwrap();
+            s.put(&id, new_doc("Điều 1."), &[]).unwrap();
+            // As an older version wrote it: no lifecycle in the JSON, no version mark.
+            s.conn
+                .execute_batch(
+                    "UPDATE records SET json = json_remove(json, '$.direction', '$.numbering');
+                     DELETE FROM meta WHERE key = 'record_json';",
+                )
+                .unwrap();
+            assert!(
+                s.stored_json(&id)
+                    .unwrap()
+                    .unwrap()
+                    .get("direction")
+                    .is_none()
+            );
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(
+            s.stored_json(&id).unwrap().unwrap()["direction"],
+            "outgoing"
+        );
+        let version: String = s
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'record_json'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, RECORD_JSON.1);
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub enum UserError {
     WrongPassword,
     #[error("the stored user {0:?} is damaged: {1}")]
     Damaged(String, String),
+    #[error("the user's signing key cannot be opened with this password; the store is damaged")]
+    Sealed,
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error("store: {0}")]
@@ -175,7 +177,7 @@ fn seal(password: &str, key: &SigningKey, salt: &[u8]) -> Result<Vec<u8>, UserEr
 }
 
 fn unseal(password: &str, c: &Credentials) -> Result<SigningKey, UserError> {
-    let damaged = || UserError::Damaged("signing key".into(), "cannot be opened".into());
+    let damaged = || UserError::Sealed;
     let (nonce, sealed) = c.sealed.split_at_checked(24).ok_or_else(damaged)?;
     let nonce: [u8; 24] = nonce.try_into().map_err(|_| damaged())?;
     let bytes = sealing_key(password, &c.salt)?
