@@ -865,3 +865,38 @@ fn a_receipt_from_a_unit_the_document_was_not_sent_to_is_refused() {
     assert!(a.store.incoming_of(&doc).unwrap().is_empty());
     assert!(a.session.stats().changes_refused >= 1);
 }
+
+#[test]
+fn the_owners_later_steps_reach_a_second_node_of_a_recipient_unit_through_the_first() {
+    use automerge::transaction::Transactable;
+    // A dispatched document of A, shared with B, held by B's office server and B's laptop;
+    // later the laptop meets only the server.
+    let mut a = side("a", member(A, Role::Node), "b1");
+    let mut b1 = side("b1", member(B, Role::Node), "a");
+    let doc = signed_document(&mut a.store, "dispatch");
+    run(&mut a, &mut b1);
+    let mut b2 = side("b2", member(B, Role::Node), "a");
+    restart_session(&mut a, member(A, Role::Node), "b2");
+    run(&mut a, &mut b2);
+    assert!(b2.store.contains(&doc).unwrap());
+
+    // A files it (a step only A's offices take); it reaches B's server from A, and the
+    // laptop from the server.
+    a.store
+        .modify(&doc, |d| {
+            let mut tx = d.transaction();
+            tx.put(automerge::ROOT, "state", "filed")?;
+            tx.commit();
+            Ok(())
+        })
+        .unwrap();
+    restart_session(&mut a, member(A, Role::Node), "b1");
+    restart_session(&mut b1, member(B, Role::Node), "a");
+    run(&mut a, &mut b1);
+    restart_session(&mut b1, member(B, Role::Node), "b2");
+    restart_session(&mut b2, member(B, Role::Node), "b1");
+    run(&mut b1, &mut b2);
+    assert_eq!(json(&mut b2.store, &doc)["state"], "filed");
+    assert_eq!(b2.session.stats().changes_refused, 0);
+    assert_eq!(json(&mut b2.store, &doc), json(&mut a.store, &doc));
+}
