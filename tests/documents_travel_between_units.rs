@@ -357,6 +357,19 @@ fn a_signed_numbered_dispatch_arrives_as_incoming_and_its_acknowledgements_retur
             "on {name}: {sig}"
         );
     }
+    // Offline, from the store alone, the same answer.
+    let out = p.run(&["verify", &memo]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["heads"], current);
+    assert_eq!(report["signatures"][0]["valid"], true);
+    assert_eq!(report["signatures"][0]["covers_current"], false);
+    assert_eq!(report["signatures"][0]["heads"], signed_heads);
+
     // What was not signed is not numbered: the leader signs the edited version first.
     a.act_as(Some("vanthu"));
     let r = a.try_action(&memo, &json!({ "action": "number" }));

@@ -81,6 +81,12 @@ enum Command {
         #[arg(long)]
         registrar: bool,
     },
+    /// Check a document's signatures from the store, without the server: which version
+    /// each one signed, whether it still covers the content (prints JSON).
+    Verify {
+        /// The document's id.
+        id: String,
+    },
     /// Manage the people who use this node.
     User {
         #[command(subcommand)]
@@ -160,6 +166,7 @@ fn main() -> ExitCode {
         ),
         Command::Import { audience, files } => import(&dir, &audience, &files),
         Command::User { command } => user(&dir, command),
+        Command::Verify { id } => verify(&dir, &id),
     };
     match result {
         Ok(code) => code,
@@ -199,6 +206,31 @@ fn parse_peers(list: &[String], role: Role) -> anyhow::Result<Vec<(PeerAddr, Rol
     list.iter()
         .map(|p| Ok((p.parse::<PeerAddr>()?, role)))
         .collect()
+}
+
+/// Prints the checks of a document's signatures; exits non-zero if one does not hold for
+/// the version it signed.
+fn verify(dir: &DataDir, id: &str) -> anyhow::Result<ExitCode> {
+    let (mut store, _, _) = dir.open(Role::Node)?;
+    let id = DocId::parse(id)?;
+    let doc = store
+        .get(&id)?
+        .with_context(|| format!("no document with id {id} in {}", dir.path.display()))?;
+    let checks = sync_core::signature::verify_all(&id, doc)?;
+    let all_valid = checks.iter().all(|c| c.valid);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "id": id.as_str(),
+            "heads": model::heads_hex(&doc.get_heads()),
+            "signatures": checks,
+        }))?
+    );
+    Ok(if all_valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn user(dir: &DataDir, command: UserCommand) -> anyhow::Result<ExitCode> {
