@@ -792,6 +792,7 @@ pub fn to_json(id: &DocId, doc: &Automerge) -> Result<Json, ModelError> {
                 json!(get_str_list(doc, ROOT, "recipients").unwrap_or_default()),
             );
             obj.insert("body".into(), json!(body_text(doc)?));
+            obj.insert("conflicts".into(), conflicts(doc));
             crate::lifecycle::json_fields(&header, doc, obj);
         }
         Kind::Register => crate::lifecycle::register_json_fields(doc, obj),
@@ -810,6 +811,35 @@ pub fn to_json(id: &DocId, doc: &Automerge) -> Result<Json, ModelError> {
         }
     }
     Ok(out)
+}
+
+/// The document fields that two people set concurrently to different values: for each,
+/// every value, in automerge's order (the same on every node), the one the field shows
+/// first. Setting the field again (a PATCH) resolves it.
+fn conflicts(doc: &Automerge) -> Json {
+    let mut out = serde_json::Map::new();
+    for key in DOCUMENT_FIELDS {
+        let Ok(values) = doc.get_all(ROOT, *key) else {
+            continue;
+        };
+        if values.len() < 2 {
+            continue;
+        }
+        let mut texts: Vec<Json> = values
+            .iter()
+            .map(|(v, _)| match v {
+                Value::Scalar(s) => json!(s.as_str()),
+                _ => Json::Null,
+            })
+            .collect();
+        // The value shown (automerge's winner) comes last in its order: put it first.
+        texts.reverse();
+        texts.dedup();
+        if texts.len() > 1 {
+            out.insert((*key).to_string(), Json::Array(texts));
+        }
+    }
+    Json::Object(out)
 }
 
 /// The id of the document an annotation points at.
@@ -1164,6 +1194,37 @@ mod tests {
         assert!(read_header(&note(&secret, 0, 3)).unwrap().confidential);
         let open = create_document(&header(), &DocumentPatch::default()).unwrap();
         assert!(!read_header(&note(&open, 0, 0)).unwrap().confidential);
+    }
+
+    #[test]
+    fn a_field_two_people_set_at_once_shows_both_values_alike_everywhere_until_set_again() {
+        let mut a = create_document(&header(), &DocumentPatch::default()).unwrap();
+        let mut b = a.fork();
+        let set = |d: &mut Automerge, subject: &str| {
+            update_document(
+                d,
+                &DocumentPatch {
+                    subject: Some(subject.into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        set(&mut a, "Về việc tổ chức lễ hội");
+        set(&mut b, "Về việc tổ chức Tết Trung thu");
+        let mut a2 = a.fork();
+        a2.merge(&mut b.fork()).unwrap();
+        b.merge(&mut a).unwrap();
+        let id = DocId::new();
+        let (ja, jb) = (to_json(&id, &a2).unwrap(), to_json(&id, &b).unwrap());
+        assert_eq!(ja["conflicts"], jb["conflicts"]);
+        let values = ja["conflicts"]["subject"].as_array().unwrap();
+        assert_eq!(values.len(), 2);
+        assert_eq!(values[0], ja["subject"], "the value shown comes first");
+        assert!(values.contains(&json!("Về việc tổ chức lễ hội")));
+        // A person picks one.
+        set(&mut b, "Về việc tổ chức Tết Trung thu");
+        assert_eq!(to_json(&id, &b).unwrap()["conflicts"], json!({}));
     }
 
     #[test]
