@@ -67,6 +67,8 @@ pub fn router(state: AppState) -> Router {
             get(list_annotations).post(create_annotation),
         )
         .route("/api/v1/documents/{id}/actions", post(office::act))
+        .route("/api/v1/documents/{id}/history", get(document_history))
+        .route("/api/v1/documents/{id}/restore", post(restore_document))
         .route("/api/v1/documents/{id}/signatures", get(office::signatures))
         .route("/api/v1/registers", get(office::list_registers))
         .route(
@@ -399,10 +401,25 @@ pub async fn with_store<R: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&mut Store) -> ApiResult<R> + Send + 'static,
 ) -> ApiResult<R> {
+    with_store_as(state, None, f).await
+}
+
+/// [`with_store`], with every change it makes recorded in the document's history as made
+/// by the signed-in user on this node.
+pub async fn with_store_as<R: Send + 'static>(
+    state: &AppState,
+    actor: Option<Arc<Actor>>,
+    f: impl FnOnce(&mut Store) -> ApiResult<R> + Send + 'static,
+) -> ApiResult<R> {
     let store = state.store.clone();
-    tokio::task::spawn_blocking(move || f(&mut service::lock(&store)))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    let by = actor.map(|a| a.user.name.clone());
+    let node = state.net.id().to_string();
+    tokio::task::spawn_blocking(move || match by {
+        Some(by) => model::as_author(&by, &node, || f(&mut service::lock(&store))),
+        None => f(&mut service::lock(&store)),
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
 /// Parses a JSON object body with errors that name the problem (unknown field, wrong
@@ -527,8 +544,10 @@ fn refuse_secret_audience(secret: bool, audience: &[String], unit: &str) -> ApiR
 
 async fn create_document(
     State(state): State<AppState>,
+    actor: Option<Extension<Arc<Actor>>>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<JsonValue>)> {
+    let actor = actor.map(|Extension(a)| a);
     let patch: DocumentPatch = parse_body(&body)?;
     if patch.body_splice.is_some() {
         return Err(ApiError::bad_request(
@@ -536,7 +555,7 @@ async fn create_document(
         ));
     }
     let creator = state.net.id().to_string();
-    let value = with_store(&state, move |s| {
+    let value = with_store_as(&state, actor.clone(), move |s| {
         let unit = s.info().unit.clone();
         let mut audience = patch.audience.clone().unwrap_or_default();
         validate_audience(&audience)?;
@@ -577,24 +596,126 @@ async fn create_document(
     Ok((StatusCode::CREATED, Json(value)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    /// A version: its heads, comma-separated hex change hashes.
+    at: Option<String>,
+}
+
+fn heads_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
 async fn get_document(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<JsonValue>> {
     let id = parse_id(&id)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(at) = query.at {
+        // An earlier version, as it was: read-only, without today's checks.
+        let value = with_store(&state, move |s| {
+            document_json(s, &id)?;
+            let doc = s.get(&id)?.expect("checked above");
+            let heads = model::parse_heads(doc, &heads_list(&at))?;
+            Ok(model::version_json(&id, doc, &heads)?)
+        })
+        .await?;
+        return Ok(Json(value));
+    }
     let mut value = with_store(&state, move |s| document_json(s, &id)).await?;
     office::mark_signers(&state, &mut value);
+    Ok(Json(value))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<usize>,
+    skip: Option<usize>,
+}
+
+/// `GET /api/v1/documents/{id}/history`: who changed what and when, newest first.
+async fn document_history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<JsonValue>> {
+    let id = parse_id(&id)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let skip = query.skip.unwrap_or(0);
+    let value = with_store(&state, move |s| {
+        document_json(s, &id)?;
+        let doc = s.get(&id)?.expect("checked above");
+        let total = doc.get_changes(&[]).len();
+        Ok(json!({
+            "id": id.as_str(),
+            "changes": model::history(doc, skip, limit),
+            "total": total,
+        }))
+    })
+    .await?;
+    Ok(Json(value))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreRequest {
+    heads: Vec<String>,
+}
+
+/// `POST /api/v1/documents/{id}/restore {"heads"}`: the content of an earlier version, as
+/// a new change.
+async fn restore_document(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    actor: Option<Extension<Arc<Actor>>>,
+    body: Bytes,
+) -> ApiResult<Json<JsonValue>> {
+    let id = parse_id(&id)?;
+    let request: RestoreRequest = parse_body(&body)?;
+    let actor = actor.map(|Extension(a)| a);
+    let value = with_store_as(&state, actor.clone(), move |s| {
+        let current = document_json(s, &id)?;
+        if current["unit"] != s.info().unit.as_str() {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "only the unit that owns a document restores an earlier version of it".into(),
+            ));
+        }
+        if current["deleted"] == true {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                "this document was deleted; it cannot be restored to an earlier version".into(),
+            ));
+        }
+        let heads = model::parse_heads(s.get(&id)?.expect("checked above"), &request.heads)?;
+        s.modify(&id, |doc| model::restore(doc, &heads))?;
+        document_json(s, &id)
+    })
+    .await?;
     Ok(Json(value))
 }
 
 async fn patch_document(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    actor: Option<Extension<Arc<Actor>>>,
     body: Bytes,
 ) -> ApiResult<Json<JsonValue>> {
+    let actor = actor.map(|Extension(a)| a);
     let id = parse_id(&id)?;
     let patch: DocumentPatch = parse_body(&body)?;
-    let value = with_store(&state, move |s| {
+    let value = with_store_as(&state, actor.clone(), move |s| {
         let unit = s.info().unit.clone();
         let current = document_json(s, &id)?;
         let owned = current["unit"] == unit.as_str();
@@ -652,11 +773,11 @@ async fn delete_document(
 ) -> ApiResult<Json<JsonValue>> {
     let id = parse_id(&id)?;
     // Who deleted it: the signed-in user, or the node in setup mode.
-    let by = actor.map_or_else(
-        || state.net.id().to_string(),
-        |Extension(a)| a.user.name.clone(),
-    );
-    let value = with_store(&state, move |s| {
+    let actor = actor.map(|Extension(a)| a);
+    let by = actor
+        .as_ref()
+        .map_or_else(|| state.net.id().to_string(), |a| a.user.name.clone());
+    let value = with_store_as(&state, actor.clone(), move |s| {
         let current = document_json(s, &id)?;
         if current["unit"] != s.info().unit.as_str() {
             return Err(ApiError(
@@ -697,12 +818,15 @@ async fn create_annotation(
     }
     let creator = state.net.id().to_string();
     // The signed-in user; in setup mode only the node can be vouched for.
-    let author = actor.map_or_else(|| creator.clone(), |Extension(a)| a.user.name.clone());
+    let actor = actor.map(|Extension(a)| a);
+    let author = actor
+        .as_ref()
+        .map_or_else(|| creator.clone(), |a| a.user.name.clone());
     let input = NewAnnotation {
         author: Some(author),
         ..input
     };
-    let value = with_store(&state, move |s| {
+    let value = with_store_as(&state, actor.clone(), move |s| {
         let unit = s.info().unit.clone();
         let target_json = document_json(s, &target_id)?;
         if target_json["deleted"] == true {

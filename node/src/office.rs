@@ -22,7 +22,7 @@ use sync_core::units::UnitCode;
 use sync_core::users::{Actor, UserRole};
 use tracing::{info, warn};
 
-use crate::api::{ApiError, ApiResult, AppState, parse_body, parse_id, with_store};
+use crate::api::{ApiError, ApiResult, AppState, parse_body, parse_id, with_store, with_store_as};
 
 impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> ApiError {
@@ -209,7 +209,7 @@ pub async fn act(
     let request: ActionRequest = parse_body(&body)?;
     let node = state.net.id().to_string();
     let office = state.office.clone();
-    let value = with_store(&state, move |s| {
+    let value = with_store_as(&state, Some(actor.clone()), move |s| {
         let current = crate::api::document_json(s, &id)?;
         if current["deleted"] == true {
             return Err(ApiError(
@@ -675,7 +675,7 @@ pub async fn close_register(
         ));
     }
     let node = state.net.id().to_string();
-    let value = with_store(&state, move |s| {
+    let value = with_store_as(&state, Some(actor.clone()), move |s| {
         let key = series_key(s, &series, year, request.body.as_deref())?;
         if s.is_closed(&key)? {
             return Err(ApiError(
@@ -778,8 +778,12 @@ pub async fn registrar_loop(store: SharedStore, node: String) {
     loop {
         let s = store.clone();
         let n = node.clone();
-        let result =
-            tokio::task::spawn_blocking(move || registrar_round(&mut service::lock(&s), &n)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            model::as_author("registrar", &n, || {
+                registrar_round(&mut service::lock(&s), &n)
+            })
+        })
+        .await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "registrar round failed"),

@@ -926,7 +926,7 @@ pub fn apply(
             note,
         },
     )?;
-    tx.commit();
+    model::commit(tx);
     Ok(outcome)
 }
 
@@ -1035,7 +1035,7 @@ pub fn fulfil_request(
             )?;
         }
     }
-    tx.commit();
+    model::commit(tx);
     Ok(())
 }
 
@@ -1146,7 +1146,7 @@ pub fn create_incoming(
         tx.put(&m, k, v)?;
     }
     tx.put(&m, "at", model::now_vietnam())?;
-    tx.commit();
+    model::commit(tx);
     Ok(doc)
 }
 
@@ -1387,7 +1387,7 @@ pub fn create_closing(
     tx.put(ROOT, "last_number", last_number as i64)?;
     tx.put(ROOT, "closed_by", by)?;
     tx.put(ROOT, "closed_at", model::now_vietnam())?;
-    tx.commit();
+    model::commit(tx);
     Ok(doc)
 }
 

@@ -460,6 +460,33 @@ impl At<'_> {
     }
 }
 
+thread_local! {
+    /// Who the changes made on this thread are made by (see [`as_author`]).
+    static AUTHOR: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with every change it makes recorded as made by `by` on `node`: the author is
+/// kept in each automerge change's message, so a document's history says who changed
+/// what.
+pub fn as_author<R>(by: &str, node: &str, f: impl FnOnce() -> R) -> R {
+    let message = json!({ "by": by, "node": node }).to_string();
+    let previous = AUTHOR.with(|a| a.borrow_mut().replace(message));
+    let result = f();
+    AUTHOR.with(|a| *a.borrow_mut() = previous);
+    result
+}
+
+/// Commits a change with its author (if one is set) and the time from the clock the
+/// simulation can seed.
+pub(crate) fn commit(tx: Transaction<'_>) {
+    let time = (determinism::now_micros() / 1000) as i64;
+    let mut options = automerge::transaction::CommitOptions::default().with_time(time);
+    if let Some(message) = AUTHOR.with(|a| a.borrow().clone()) {
+        options = options.with_message(message);
+    }
+    tx.commit_with(options);
+}
+
 /// Reads the header of any record. A record without a usable header is refused
 /// everywhere: the policy cannot place it.
 pub fn read_header(doc: &Automerge) -> Result<Header, ModelError> {
@@ -531,7 +558,7 @@ pub fn create_document(header: &Header, fields: &DocumentPatch) -> Result<Autome
     // once append to one list instead of each creating its own.
     tx.put_object(ROOT, "history", ObjType::List)?;
     tx.put_object(ROOT, "signatures", ObjType::List)?;
-    tx.commit();
+    commit(tx);
     let fields = DocumentPatch {
         direction: None,
         ..fields.clone()
@@ -651,7 +678,7 @@ pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(),
     if let Some(s) = &patch.body_splice {
         tx.splice_text(&body, s.pos, s.delete as isize, &s.insert)?;
     }
-    tx.commit();
+    commit(tx);
     Ok(())
 }
 
@@ -701,7 +728,7 @@ pub fn splice_body(
     }
     let mut tx = doc.transaction();
     tx.splice_text(&body, pos, delete as isize, insert)?;
-    tx.commit();
+    commit(tx);
     Ok(())
 }
 
@@ -723,7 +750,7 @@ pub fn splice_body_batch<'a>(
         tx.splice_text(&body, pos, delete as isize, insert)?;
         len = len - delete + insert.chars().count();
     }
-    tx.commit();
+    commit(tx);
     Ok(())
 }
 
@@ -738,7 +765,7 @@ pub fn tombstone(doc: &mut Automerge, by: &str) -> Result<(), ModelError> {
     let d = tx.put_object(ROOT, "deleted", ObjType::Map)?;
     tx.put(&d, "by", by)?;
     tx.put(&d, "at", now_vietnam())?;
-    tx.commit();
+    commit(tx);
     Ok(())
 }
 
@@ -842,6 +869,114 @@ fn conflicts(doc: &Automerge) -> Json {
     Json::Object(out)
 }
 
+/// A time stamp of an automerge change (milliseconds since 1970) in Vietnam's time zone.
+fn time_vietnam(millis: i64) -> String {
+    let offset = chrono::FixedOffset::east_opt(7 * 3600).expect("+07:00 is a valid offset");
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .with_timezone(&offset)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
+/// The changes of a record, newest first (at most `limit`, after skipping the `skip`
+/// newest): each with its hash, the heads it was made on, when, by whom and on which
+/// node (as recorded when it was made; `null` for changes made by no one signed in, or
+/// before authors were recorded), and the fields it touched.
+pub fn history(doc: &Automerge, skip: usize, limit: usize) -> Vec<Json> {
+    let changes = doc.get_changes(&[]);
+    changes
+        .iter()
+        .rev()
+        .skip(skip)
+        .take(limit)
+        .map(|c| {
+            let author: Json = c
+                .message()
+                .and_then(|m| serde_json::from_str(m).ok())
+                .unwrap_or(Json::Null);
+            let mut fields: Vec<String> = doc
+                .diff(c.deps(), &[c.hash()])
+                .into_iter()
+                .filter_map(|p| match p.path.first() {
+                    Some((_, automerge::Prop::Map(key))) => Some(key.clone()),
+                    Some(_) => None,
+                    None => match p.action {
+                        automerge::PatchAction::PutMap { key, .. }
+                        | automerge::PatchAction::DeleteMap { key } => Some(key),
+                        automerge::PatchAction::Conflict {
+                            prop: automerge::Prop::Map(key),
+                        } => Some(key),
+                        _ => None,
+                    },
+                })
+                .collect();
+            fields.sort();
+            fields.dedup();
+            json!({
+                "hash": c.hash().to_string(),
+                "deps": heads_hex(c.deps()),
+                "at": time_vietnam(c.timestamp()),
+                "by": author.get("by"),
+                "node": author.get("node"),
+                "fields": fields,
+            })
+        })
+        .collect()
+}
+
+/// Parses heads given as hex change hashes; each must be in `doc`'s history.
+pub fn parse_heads(doc: &Automerge, hex: &[String]) -> Result<Vec<ChangeHash>, ModelError> {
+    if hex.is_empty() {
+        return Err(ModelError::Invalid("name a version by its heads".into()));
+    }
+    hex.iter()
+        .map(|h| {
+            let hash: ChangeHash = h
+                .parse()
+                .map_err(|_| ModelError::Invalid(format!("{h:?} is not a change hash")))?;
+            if doc.get_change_by_hash(&hash).is_none() {
+                return Err(ModelError::Invalid(format!(
+                    "{h} is not a change of this document"
+                )));
+            }
+            Ok(hash)
+        })
+        .collect()
+}
+
+/// The record as it was at `heads` (a version named by the history).
+pub fn version_json(id: &DocId, doc: &Automerge, heads: &[ChangeHash]) -> Result<Json, ModelError> {
+    to_json(id, &doc.fork_at(heads)?)
+}
+
+/// Makes a document's content what it was at `heads`, as a new change on top of the
+/// current one (nothing is rewritten: the history keeps every version). The lifecycle,
+/// audience and signatures stay as they are; the body changes by the smallest edit.
+pub fn restore(doc: &mut Automerge, heads: &[ChangeHash]) -> Result<(), ModelError> {
+    expect_kind(doc, Kind::Document)?;
+    let old = doc.fork_at(heads)?;
+    let text = |key: &str| Some(get_str(&old, ROOT, key).unwrap_or_default());
+    let patch = DocumentPatch {
+        doc_type: text("type"),
+        notation: text("notation"),
+        issuer: text("issuer"),
+        parent_body: text("parent_body"),
+        place: text("place"),
+        issued_date: text("issued_date"),
+        subject: text("subject"),
+        signer: text("signer"),
+        urgency: text("urgency"),
+        secrecy: text("secrecy"),
+        circulation: text("circulation"),
+        drafter: text("drafter"),
+        due_date: text("due_date"),
+        recipients: Some(get_str_list(&old, ROOT, "recipients").unwrap_or_default()),
+        body: Some(body_text(&old)?),
+        ..Default::default()
+    };
+    update_document(doc, &patch)
+}
+
 /// The id of the document an annotation points at.
 pub fn annotation_target(doc: &Automerge) -> Option<DocId> {
     get_str(doc, ROOT, "target").and_then(|t| DocId::parse(&t).ok())
@@ -923,7 +1058,7 @@ pub fn create_annotation(
     tx.put(ROOT, "visibility", input.visibility.as_str())?;
     put_str_list(&mut tx, &ROOT, "shared_with", &input.shared_with)?;
     tx.put(ROOT, "resolved", false)?;
-    tx.commit();
+    commit(tx);
     Ok(doc)
 }
 
@@ -1225,6 +1360,55 @@ mod tests {
         // A person picks one.
         set(&mut b, "Về việc tổ chức Tết Trung thu");
         assert_eq!(to_json(&id, &b).unwrap()["conflicts"], json!({}));
+    }
+
+    #[test]
+    fn the_history_says_who_changed_what_and_an_earlier_version_comes_back_as_a_new_change() {
+        let mut doc = as_author("chuyenvien", "node-a", || {
+            create_document(
+                &header(),
+                &DocumentPatch {
+                    subject: Some("Dự thảo".into()),
+                    body: Some("Điều 1. Bản đầu.".into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+        let first = doc.get_heads();
+        as_author("chutich", "node-b", || {
+            update_document(
+                &mut doc,
+                &DocumentPatch {
+                    subject: Some("Về việc kiện toàn".into()),
+                    body: Some("Điều 1. Bản sửa.".into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+        let steps = history(&doc, 0, 10);
+        assert_eq!(steps[0]["by"], "chutich");
+        assert_eq!(steps[0]["node"], "node-b");
+        assert_eq!(steps[0]["fields"], json!(["body", "subject"]));
+        assert!(steps[0]["at"].as_str().unwrap().ends_with("+07:00"));
+        assert_eq!(steps.last().unwrap()["by"], "chuyenvien");
+        assert_eq!(history(&doc, 1, 1)[0], steps[1]);
+
+        let id = DocId::new();
+        let heads = parse_heads(&doc, &heads_hex(&first)).unwrap();
+        assert_eq!(
+            version_json(&id, &doc, &heads).unwrap()["subject"],
+            "Dự thảo"
+        );
+        assert!(parse_heads(&doc, &["00".repeat(32)]).is_err());
+        let changes = doc.get_changes(&[]).len();
+        restore(&mut doc, &heads).unwrap();
+        let now = to_json(&id, &doc).unwrap();
+        assert_eq!(now["subject"], "Dự thảo");
+        assert_eq!(now["body"], "Điều 1. Bản đầu.");
+        // A new change, not a rewrite: every version stays in the history.
+        assert_eq!(doc.get_changes(&[]).len(), changes + 1);
     }
 
     #[test]
