@@ -443,13 +443,23 @@ impl World {
                 self.annotate(site, &unit, &id)
             }
             _ => {
+                // Only a unit's own offices delete its documents (as the API allows).
                 let id = docs[self.rng.random_range(0..docs.len())].clone();
-                let name = self.sites[site].name;
-                self.sites[site]
+                let own = self.sites[site]
                     .store
-                    .modify(&id, |d| model::tombstone(d, name))
-                    .expect("delete");
-                Some(id)
+                    .meta(&id)
+                    .expect("read")
+                    .is_some_and(|m| m.header.unit == unit);
+                if own {
+                    let name = self.sites[site].name;
+                    self.sites[site]
+                        .store
+                        .modify(&id, |d| model::tombstone(d, name))
+                        .expect("delete");
+                    Some(id)
+                } else {
+                    self.edit_document(site, &id)
+                }
             }
         };
         if let Some(id) = written {
