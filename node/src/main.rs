@@ -57,30 +57,7 @@ enum Command {
     /// Print the node id.
     Id,
     /// Run the node: HTTP API and web UI, and sync with peers and relays.
-    Serve {
-        /// Address of the API and web UI.
-        #[arg(long, default_value = "127.0.0.1:7700")]
-        http: SocketAddr,
-        /// UDP address for sync connections from peers.
-        #[arg(long, default_value = "0.0.0.0:7701")]
-        listen: SocketAddr,
-        /// Another node to sync with directly: NODE_ID@HOST:PORT.
-        #[arg(long)]
-        peer: Vec<String>,
-        /// A relay to sync through: NODE_ID@HOST:PORT.
-        #[arg(long)]
-        relay: Vec<String>,
-        #[command(flatten)]
-        access: Access,
-        /// Loaded documents kept in memory.
-        #[arg(long, default_value_t = sync_core::store::DEFAULT_CACHE_DOCUMENTS)]
-        cache_documents: usize,
-        /// This node is the unit's registrar: it gives the numbers of the unit's
-        /// registers and receives documents dispatched to the unit. Exactly one node of a
-        /// unit should be; on any other, a number request waits for the registrar.
-        #[arg(long)]
-        registrar: bool,
-    },
+    Serve(ServeArgs),
     /// Check a document's signatures from the store, without the server: which version
     /// each one signed, whether it still covers the content (prints JSON).
     Verify {
@@ -101,6 +78,32 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address of the API and web UI.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    http: SocketAddr,
+    /// UDP address for sync connections from peers.
+    #[arg(long, default_value = "0.0.0.0:7701")]
+    listen: SocketAddr,
+    /// Another node to sync with directly: NODE_ID@HOST:PORT.
+    #[arg(long)]
+    peer: Vec<String>,
+    /// A relay to sync through: NODE_ID@HOST:PORT.
+    #[arg(long)]
+    relay: Vec<String>,
+    #[command(flatten)]
+    access: Access,
+    /// Loaded documents kept in memory.
+    #[arg(long, default_value_t = sync_core::store::DEFAULT_CACHE_DOCUMENTS)]
+    cache_documents: usize,
+    /// This node is the unit's registrar: it gives the numbers of the unit's registers
+    /// and receives documents dispatched to the unit. Exactly one node of a unit should
+    /// be; on any other, a number request waits for the registrar.
+    #[arg(long)]
+    registrar: bool,
 }
 
 #[derive(Subcommand)]
@@ -146,24 +149,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init { unit, name } => init(&dir, &unit, &name),
         Command::Id => print_id(&dir),
-        Command::Serve {
-            http,
-            listen,
-            peer,
-            relay,
-            access,
-            cache_documents,
-            registrar,
-        } => serve(
-            &dir,
-            http,
-            listen,
-            peer,
-            relay,
-            access,
-            cache_documents,
-            registrar,
-        ),
+        Command::Serve(args) => serve(&dir, args),
         Command::Import { audience, files } => import(&dir, &audience, &files),
         Command::User { command } => user(&dir, command),
         Command::Verify { id } => verify(&dir, &id),
@@ -286,17 +272,16 @@ fn user(dir: &DataDir, command: UserCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn serve(
-    dir: &DataDir,
-    http: SocketAddr,
-    listen: SocketAddr,
-    peers: Vec<String>,
-    relays: Vec<String>,
-    access: Access,
-    cache_documents: usize,
-    registrar: bool,
-) -> anyhow::Result<ExitCode> {
+fn serve(dir: &DataDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let ServeArgs {
+        http,
+        listen,
+        peer: peers,
+        relay: relays,
+        access,
+        cache_documents,
+        registrar,
+    } = args;
     std::fs::create_dir_all(&dir.path)
         .with_context(|| format!("cannot create {}", dir.path.display()))?;
     // Taken before anything else, so two `serve` on one empty directory cannot both

@@ -90,19 +90,10 @@ pub fn enrich(store: &mut Store, id: &DocId, value: &mut JsonValue) -> ApiResult
                     "signatures": signature::verify_all(&source, src)?,
                 });
                 let j = model::to_json(&source, src)?;
-                for key in [
-                    "unit",
-                    "type",
-                    "number",
-                    "notation",
-                    "issuer",
-                    "place",
-                    "issued_date",
-                    "subject",
-                    "state",
-                    "heads",
-                    "body",
-                ] {
+                for key in lifecycle::SENDERS_FIELDS
+                    .iter()
+                    .chain(&["unit", "state", "heads", "body"])
+                {
                     s[key] = j[key].clone();
                 }
                 s

@@ -1110,19 +1110,9 @@ pub fn create_incoming(
     tx.put_object(ROOT, "history", ObjType::List)?;
     tx.put_object(ROOT, "signatures", ObjType::List)?;
     // The sender's fields as they are: what arrived is recorded, not judged again.
-    for key in [
-        "type",
-        "number",
-        "notation",
-        "issuer",
-        "place",
-        "issued_date",
-        "subject",
-        "urgency",
-        "due_date",
-    ] {
+    for key in SENDERS_FIELDS {
         if let Some(v) = model::get_str(source, ROOT, key).filter(|v| !v.is_empty()) {
-            tx.put(ROOT, key, v)?;
+            tx.put(ROOT, *key, v)?;
         }
     }
     let s = tx.put_object(ROOT, "source", ObjType::Map)?;
@@ -1149,6 +1139,19 @@ pub fn create_incoming(
     model::commit(tx);
     Ok(doc)
 }
+
+/// The fields of a dispatched document its recipients' incoming documents carry.
+pub const SENDERS_FIELDS: &[&str] = &[
+    "type",
+    "number",
+    "notation",
+    "issuer",
+    "place",
+    "issued_date",
+    "subject",
+    "urgency",
+    "due_date",
+];
 
 /// What only the owning unit writes: the lifecycle of a record.
 const LIFECYCLE_KEYS: &[&str] = &[

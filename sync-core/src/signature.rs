@@ -27,23 +27,13 @@ use crate::model::{self, At, DocId, ModelError};
 /// Domain separation for signature messages.
 const CONTEXT: &[u8] = b"cabinet/signature/1\0";
 
-/// The fields that make up a document's content, in the order they are listed.
-pub const CONTENT_FIELDS: &[&str] = &[
-    "type",
-    "number",
-    "notation",
-    "issuer",
-    "parent_body",
-    "place",
-    "issued_date",
-    "subject",
-    "signer",
-    "urgency",
-    "secrecy",
-    "circulation",
-    "drafter",
-    "due_date",
-];
+/// The fields that make up a document's content: its Decree 30 fields but its state.
+fn content_fields() -> impl Iterator<Item = &'static str> {
+    model::DOCUMENT_FIELDS
+        .iter()
+        .copied()
+        .filter(|k| *k != "state")
+}
 
 /// Who signs: a person (the competent signer) or the organisation (applied by the clerk
 /// after numbering, with the office node's key).
@@ -93,12 +83,12 @@ fn canonical_content(
     kind: SignatureKind,
 ) -> Result<BTreeMap<String, Json>, ModelError> {
     let mut out = BTreeMap::new();
-    for key in CONTENT_FIELDS {
-        if kind == SignatureKind::Personal && FILLED_BY_REGISTER.contains(key) {
+    for key in content_fields() {
+        if kind == SignatureKind::Personal && FILLED_BY_REGISTER.contains(&key) {
             continue;
         }
         out.insert(
-            (*key).to_string(),
+            key.to_string(),
             json!(at.str(&ROOT, key).filter(|v| !v.is_empty())),
         );
     }
