@@ -807,11 +807,16 @@ impl Session {
         model::to_json(id, doc).map_err(|e| e.to_string())?;
         policy::may_accept(&self.me, peer, before, &after).map_err(|r| r.to_string())?;
         // Signatures must verify and stay, and a receipt must come from a recipient.
-        // Another unit's node speaks for its own unit only; a node of our own unit passes on
-        // what it took in, checked when it did.
+        // The owning unit's nodes keep another unit's node from stepping their records. Only
+        // they judge it: a relay, or a node of a third unit, cannot tell a peer's own change
+        // from the owner's changes the peer passes on (to a store that lost them, say), and
+        // refusing those would keep copies apart.
+        // TODO: with changes signed by their unit, every hop could judge the author
+        // rather than the peer.
         let from_other_unit = peer.role == Role::Node
+            && self.me.role == Role::Node
             && peer.unit.as_str() != after.unit
-            && peer.unit != self.me.unit;
+            && self.me.unit.as_str() == after.unit;
         crate::lifecycle::check_received(id, doc, held.heads, from_other_unit, |source| {
             store.dispatch_of(source).ok().flatten()
         })?;
