@@ -1191,7 +1191,7 @@ pub fn check_received(
 ) -> Result<(), String> {
     signature::check_received(id, doc, before)?;
     if from_other_unit && !before.is_empty() {
-        let now = model::At { doc, heads: None };
+        let now = model::At::now(doc);
         let then = model::At {
             doc,
             heads: Some(before),
@@ -1247,52 +1247,27 @@ pub fn check_received(
     Ok(())
 }
 
-fn map_json(doc: &Automerge, obj: &automerge::ObjId) -> Json {
-    let mut out = Map::new();
-    for key in doc.keys(obj) {
-        let v = match doc.get(obj, &key) {
-            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-                automerge::ScalarValue::Str(t) => json!(t.as_str()),
-                automerge::ScalarValue::Int(i) => json!(i),
-                automerge::ScalarValue::Uint(u) => json!(u),
-                automerge::ScalarValue::Boolean(b) => json!(b),
-                _ => Json::Null,
-            },
-            Ok(Some((Value::Object(ObjType::List), list))) => json!(
-                (0..doc.length(&list))
-                    .filter_map(|i| match doc.get(&list, i) {
-                        Ok(Some((Value::Scalar(s), _))) => s.as_str().map(str::to_string),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-            ),
-            Ok(Some((Value::Object(ObjType::Text), t))) => json!(doc.text(&t).unwrap_or_default()),
-            _ => Json::Null,
-        };
-        out.insert(key, v);
+/// A map (or a list of maps) at a root key as JSON; anything else there reads as null
+/// (a list as empty).
+fn map_at(doc: &Automerge, key: &str) -> Json {
+    match model::At::now(doc).json(&ROOT, key.into()) {
+        m @ Json::Object(_) => m,
+        _ => Json::Null,
     }
-    Json::Object(out)
 }
 
-fn maps_json(doc: &Automerge, key: &str) -> Json {
-    let Some(list) = model::get_obj(doc, ROOT, key, ObjType::List) else {
-        return json!([]);
-    };
-    json!(
-        (0..doc.length(&list))
-            .filter_map(|i| match doc.get(&list, i) {
-                Ok(Some((Value::Object(ObjType::Map), m))) => Some(map_json(doc, &m)),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    )
+fn maps_at(doc: &Automerge, key: &str) -> Json {
+    match model::At::now(doc).json(&ROOT, key.into()) {
+        Json::Array(items) => Json::Array(items.into_iter().filter(Json::is_object).collect()),
+        _ => json!([]),
+    }
 }
 
 /// The lifecycle part of a document's JSON.
 pub fn json_fields(header: &Header, doc: &Automerge, out: &mut Map<String, Json>) {
     let direction = Direction::of(doc);
     out.insert("direction".into(), json!(direction.as_str()));
-    out.insert("history".into(), maps_json(doc, "history"));
+    out.insert("history".into(), maps_at(doc, "history"));
     out.insert("signatures".into(), signature::summary(doc));
     for key in [
         "number_request",
@@ -1303,10 +1278,7 @@ pub fn json_fields(header: &Header, doc: &Automerge, out: &mut Map<String, Json>
         "completion",
         "related",
     ] {
-        let v = model::get_obj(doc, ROOT, key, ObjType::Map)
-            .map(|m| map_json(doc, &m))
-            .unwrap_or(Json::Null);
-        out.insert(key.into(), v);
+        out.insert(key.into(), map_at(doc, key));
     }
     for key in ["arrival_number", "arrival_date", "arrived_at"] {
         out.insert(key.into(), json!(model::get_str(doc, ROOT, key)));
@@ -1396,7 +1368,7 @@ pub fn create_closing(
 
 /// The JSON of a register record.
 pub fn register_json_fields(doc: &Automerge, out: &mut Map<String, Json>) {
-    if let Json::Object(m) = map_json(doc, &ROOT) {
+    if let Json::Object(m) = model::At::now(doc).map(&ROOT) {
         for (k, v) in m {
             if k != "header" {
                 out.insert(k, v);

@@ -369,7 +369,12 @@ pub struct At<'a> {
     pub heads: Option<&'a [ChangeHash]>,
 }
 
-impl At<'_> {
+impl<'a> At<'a> {
+    /// The document as it is now.
+    pub fn now(doc: &'a Automerge) -> At<'a> {
+        At { doc, heads: None }
+    }
+
     pub fn get(&self, obj: &ObjId, prop: Prop) -> Option<(Value<'_>, ObjId)> {
         match self.heads {
             Some(h) => self.doc.get_at(obj, prop, h),
@@ -442,21 +447,24 @@ impl At<'_> {
                     .map(|i| self.json(&id, i.into()))
                     .collect(),
             ),
-            Value::Object(_) => {
-                let keys: Vec<String> = match self.heads {
-                    Some(h) => self.doc.keys_at(&id, h).collect(),
-                    None => self.doc.keys(&id).collect(),
-                };
-                Json::Object(
-                    keys.into_iter()
-                        .map(|k| {
-                            let v = self.json(&id, k.as_str().into());
-                            (k, v)
-                        })
-                        .collect(),
-                )
-            }
+            Value::Object(_) => self.map(&id),
         }
+    }
+
+    /// A map object as JSON, every key with its value as [`At::json`] reads it.
+    pub fn map(&self, obj: &ObjId) -> Json {
+        let keys: Vec<String> = match self.heads {
+            Some(h) => self.doc.keys_at(obj, h).collect(),
+            None => self.doc.keys(obj).collect(),
+        };
+        Json::Object(
+            keys.into_iter()
+                .map(|k| {
+                    let v = self.json(obj, k.as_str().into());
+                    (k, v)
+                })
+                .collect(),
+        )
     }
 }
 

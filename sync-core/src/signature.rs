@@ -113,7 +113,7 @@ fn hash_of(at: At<'_>, kind: SignatureKind) -> Result<String, ModelError> {
 
 /// BLAKE3 of the canonical content of `doc` as it is now, hex.
 pub fn content_hash(doc: &Automerge, kind: SignatureKind) -> Result<String, ModelError> {
-    hash_of(At { doc, heads: None }, kind)
+    hash_of(At::now(doc), kind)
 }
 
 /// BLAKE3 of the canonical content at `heads`, if `doc`'s history holds them.
@@ -211,7 +211,7 @@ impl Entry {
 }
 
 fn entries(doc: &Automerge) -> Vec<Entry> {
-    entries_at(At { doc, heads: None })
+    entries_at(At::now(doc))
 }
 
 /// The signatures of a document as it is or was.
