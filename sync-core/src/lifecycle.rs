@@ -541,17 +541,6 @@ fn issuing_body(doc: &Automerge, unit_name: &str) -> String {
         .unwrap_or_else(|| unit_name.to_string())
 }
 
-fn valid_date(s: &str) -> bool {
-    s.len() == 10 && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
-}
-
-fn list_or_new(tx: &mut Transaction<'_>, key: &str) -> Result<automerge::ObjId, ModelError> {
-    Ok(match tx.get(ROOT, key)? {
-        Some((Value::Object(ObjType::List), list)) => list,
-        _ => tx.put_object(ROOT, key, ObjType::List)?,
-    })
-}
-
 /// One line of a document's history.
 struct Step<'a> {
     action: &'a str,
@@ -565,7 +554,7 @@ struct Step<'a> {
 
 fn record_step(tx: &mut Transaction<'_>, step: &Step<'_>) -> Result<(), ModelError> {
     tx.put(ROOT, "state", step.to)?;
-    let history = list_or_new(tx, "history")?;
+    let history = model::list_or_new(tx, "history")?;
     let at = tx.length(&history);
     let m = tx.insert_object(&history, at, ObjType::Map)?;
     tx.put(&m, "action", step.action)?;
@@ -777,7 +766,7 @@ pub fn apply(
                 ));
             }
             match request.deadline.as_deref() {
-                Some(d) if valid_date(d) => {}
+                Some(d) if model::is_iso_date(d) => {}
                 _ => {
                     return Err(LifecycleError::Invalid(
                         "give a \"deadline\" of the form YYYY-MM-DD".into(),
@@ -1123,7 +1112,7 @@ pub fn create_incoming(
     doc.set_actor(model::fresh_actor());
     let mut tx = doc.transaction();
     tx.put(ROOT, "arrived_at", model::now_vietnam())?;
-    let history = list_or_new(&mut tx, "history")?;
+    let history = model::list_or_new(&mut tx, "history")?;
     let m = tx.insert_object(&history, 0, ObjType::Map)?;
     for (k, v) in [
         ("action", "receive"),

@@ -495,6 +495,27 @@ pub(crate) fn commit(tx: Transaction<'_>) {
     tx.commit_with(options);
 }
 
+/// Is `v` a date of the form YYYY-MM-DD (`2026-07-01`)?
+pub(crate) fn is_iso_date(v: &str) -> bool {
+    v.len() == 10
+        && v.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+        && chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").is_ok()
+}
+
+/// The list at a root key, made if the record has none yet.
+pub(crate) fn list_or_new(tx: &mut Transaction<'_>, key: &str) -> Result<ObjId, ModelError> {
+    Ok(match tx.get(ROOT, key)? {
+        Some((Value::Object(ObjType::List), list)) => list,
+        _ => tx.put_object(ROOT, key, ObjType::List)?,
+    })
+}
+
 /// Reads the header of any record. A record without a usable header is refused
 /// everywhere: the policy cannot place it.
 pub fn read_header(doc: &Automerge) -> Result<Header, ModelError> {
@@ -629,19 +650,8 @@ pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(),
         ("issued_date", &patch.issued_date),
         ("due_date", &patch.due_date),
     ] {
-        let iso = |v: &str| {
-            v.len() == 10
-                && v.bytes().enumerate().all(|(i, b)| {
-                    if i == 4 || i == 7 {
-                        b == b'-'
-                    } else {
-                        b.is_ascii_digit()
-                    }
-                })
-                && chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").is_ok()
-        };
         if let Some(v) = value.as_deref().filter(|v| !v.is_empty())
-            && !iso(v)
+            && !is_iso_date(v)
         {
             return Err(ModelError::Invalid(format!(
                 "{key} {v:?} is not a date of the form YYYY-MM-DD (such as 2026-07-01)"

@@ -264,10 +264,7 @@ pub fn sign(
         signature: String::new(),
     };
     entry.signature = hex::encode(signer.key.sign(&entry.message(id.as_str())).to_bytes());
-    let list = match tx.get(ROOT, "signatures")? {
-        Some((Value::Object(ObjType::List), list)) => list,
-        _ => tx.put_object(ROOT, "signatures", ObjType::List)?,
-    };
+    let list = model::list_or_new(tx, "signatures")?;
     let at = tx.length(&list);
     let m = tx.insert_object(&list, at, ObjType::Map)?;
     for (k, v) in [
