@@ -249,15 +249,7 @@ impl Store {
     /// numbering, the key duplicates are found by) get every record's JSON written
     /// afresh, once.
     fn migrate_record_json(&self) -> Result<(), StoreError> {
-        let current: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = ?1",
-                [RECORD_JSON.0],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if current.as_deref() == Some(RECORD_JSON.1) {
+        if read_meta(&self.conn, RECORD_JSON.0)?.as_deref() == Some(RECORD_JSON.1) {
             return Ok(());
         }
         let ids: Vec<String> = self
@@ -280,11 +272,7 @@ impl Store {
                 params![id.as_str(), json.to_string()],
             )?;
         }
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![RECORD_JSON.0, RECORD_JSON.1],
-        )?;
+        write_meta(&tx, RECORD_JSON.0, RECORD_JSON.1)?;
         tx.commit()?;
         Ok(())
     }
@@ -314,11 +302,7 @@ impl Store {
     }
 
     fn from_conn(conn: Connection, path: &Path) -> Result<Store, StoreError> {
-        let get = |k: &str| -> Result<Option<String>, StoreError> {
-            Ok(conn
-                .query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
-                .optional()?)
-        };
+        let get = |k: &str| read_meta(&conn, k);
         let (Some(epoch), Some(unit), Some(name)) = (get("epoch")?, get("unit")?, get("name")?)
         else {
             return Err(StoreError::NotInitialised {
@@ -821,8 +805,8 @@ impl Store {
                 "AND ?5 IS NULL"
             }
         );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(
+        self.jsons_where(
+            &sql,
             params![
                 kind.map(Kind::as_str),
                 after,
@@ -832,17 +816,7 @@ impl Store {
                 filter.state,
                 filter.direction
             ],
-            |r| r.get::<_, String>(0),
-        )?;
-        let mut out = Vec::new();
-        for row in rows {
-            let text = row?;
-            out.push(
-                serde_json::from_str(&text)
-                    .map_err(|e| StoreError::BadMeta(format!("stored JSON: {e}")))?,
-            );
-        }
-        Ok(out)
+        )
     }
 
     /// The JSON kept with a record (as of its last stored change).
@@ -1010,15 +984,10 @@ impl Store {
 
     /// Ids of the annotations that point at `target`.
     pub fn annotations_of(&self, target: &DocId) -> Result<Vec<DocId>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id FROM records WHERE target = ?1 ORDER BY id")?;
-        let rows = stmt.query_map([target.as_str()], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(DocId::parse(&row?)?);
-        }
-        Ok(out)
+        self.ids_where(
+            "SELECT id FROM records WHERE target = ?1 ORDER BY id",
+            [target.as_str()],
+        )
     }
 
     pub fn peer(&self, peer: &str) -> Result<PeerRecord, StoreError> {
@@ -1177,10 +1146,7 @@ fn index_for_search(conn: &Connection, id: &DocId, json: &Json) -> Result<(), St
 fn migrate_search_index(conn: &Connection) -> Result<(), StoreError> {
     const KEY: &str = "search_index";
     const VERSION: &str = "keys";
-    let current: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [KEY], |r| r.get(0))
-        .optional()?;
-    if current.as_deref() == Some(VERSION) {
+    if read_meta(conn, KEY)?.as_deref() == Some(VERSION) {
         return Ok(());
     }
     let tx = conn.unchecked_transaction()?;
@@ -1195,12 +1161,23 @@ fn migrate_search_index(conn: &Connection) -> Result<(), StoreError> {
             index_for_search(&tx, &DocId::parse(&id)?, &json)?;
         }
     }
-    tx.execute(
+    write_meta(&tx, KEY, VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn read_meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+fn write_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![KEY, VERSION],
+        params![key, value],
     )?;
-    tx.commit()?;
     Ok(())
 }
 
