@@ -60,10 +60,7 @@ pub fn enrich(store: &mut Store, id: &DocId, value: &mut JsonValue) -> ApiResult
         .get(id)?
         .ok_or_else(|| ApiError::not_found(id.as_str()))?;
     value["signatures"] = json!(signature::verify_all(id, doc)?);
-    let duplicates = match value["number_key"].as_str() {
-        Some(key) => store.same_number(id, key)?,
-        None => Vec::new(),
-    };
+    let duplicates = duplicates(store, id, value)?;
     value["duplicates"] = json!(duplicates.iter().map(DocId::as_str).collect::<Vec<_>>());
     if let Some(to) = value["dispatch"]["to"].as_array().cloned() {
         let receipts = receipts(store, id, &to)?;
@@ -108,6 +105,15 @@ pub fn enrich(store: &mut Store, id: &DocId, value: &mut JsonValue) -> ApiResult
         value["overdue"] = json!(open && today > deadline.as_str());
     }
     Ok(())
+}
+
+/// The other documents holding the number that the document `id` (stored as `json`)
+/// holds.
+fn duplicates(store: &Store, id: &DocId, json: &JsonValue) -> ApiResult<Vec<DocId>> {
+    Ok(match json["number_key"].as_str() {
+        Some(key) => store.same_number(id, key)?,
+        None => Vec::new(),
+    })
 }
 
 /// Marks who stands behind each checked signature of a document's JSON (and of the
@@ -443,10 +449,7 @@ fn rows(s: &mut Store, key: &SeriesKey) -> ApiResult<Vec<(JsonValue, Row)>> {
     let mut out = Vec::new();
     for d in s.register_entries(key)? {
         let id = DocId::parse(d["id"].as_str().unwrap_or(""))?;
-        let duplicates = match d["number_key"].as_str() {
-            Some(k) => s.same_number(&id, k)?,
-            None => Vec::new(),
-        };
+        let duplicates = duplicates(s, &id, &d)?;
         let cells = if key.series.is_incoming() {
             vec![
                 date_vn(&d["arrival_date"]),
