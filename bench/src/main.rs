@@ -22,6 +22,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ObjType, ROOT};
 use clap::{Parser, Subcommand};
+use sync_core::blobs::Blobs;
 use sync_core::model::{self, DocId, DocumentPatch, Header, Kind};
 use sync_core::net::{Net, NetConfig, PeerAddr, SharedStore};
 use sync_core::policy::{Member, Role};
@@ -272,6 +273,7 @@ fn bodies(corpus: &PathBuf, bytes: usize) -> anyhow::Result<Vec<String>> {
 struct Peer {
     key: iroh::SecretKey,
     store: SharedStore,
+    blobs: std::sync::Arc<sync_core::blobs::Blobs>,
     unit: &'static str,
 }
 
@@ -281,11 +283,13 @@ fn two_nodes(dir: &std::path::Path) -> anyhow::Result<(Peer, Peer, Roster)> {
     let a = Peer {
         key: iroh::SecretKey::generate(),
         store: service::share(Store::create(&dir.join("a.db"), "18562", "A")?),
+        blobs: std::sync::Arc::new(Blobs::open(&dir.join("a-attachments"))?),
         unit: "18562",
     };
     let b = Peer {
         key: iroh::SecretKey::generate(),
         store: service::share(Store::create(&dir.join("b.db"), "18568", "B")?),
+        blobs: std::sync::Arc::new(Blobs::open(&dir.join("b-attachments"))?),
         unit: "18568",
     };
     let roster = Roster::parse(&format!(
@@ -342,6 +346,8 @@ async fn start_net(peer: &Peer, dial: Option<PeerAddr>, roster: &Roster) -> anyh
             roster: roster.clone(),
             roster_keys: vec![],
             mdns: false,
+            blobs: peer.blobs.clone(),
+            attachment_rate: None,
         },
     )
     .await?)

@@ -28,6 +28,7 @@ use sync_core::store::{Store, StoreError};
 use sync_core::units::UnitCode;
 use sync_core::users::{Actor, Directory, UserError};
 
+use crate::attachments;
 use crate::office::{self, Office};
 
 /// The most records one listing page returns.
@@ -65,6 +66,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/documents/{id}/annotations",
             get(list_annotations).post(create_annotation),
+        )
+        .route(
+            "/api/v1/documents/{id}/attachments",
+            get(attachments::list).post(attachments::upload),
+        )
+        .route(
+            "/api/v1/documents/{id}/attachments/{hash}",
+            get(attachments::download).delete(attachments::remove),
         )
         .route("/api/v1/documents/{id}/actions", post(office::act))
         .route("/api/v1/documents/{id}/history", get(document_history))

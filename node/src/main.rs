@@ -3,6 +3,7 @@
 //! can reach them.
 
 mod api;
+mod attachments;
 mod office;
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use sync_core::blobs::Blobs;
 use sync_core::model::{self, DocId, DocumentPatch, Header, Kind};
 use sync_core::net::{Net, NetConfig, PeerAddr};
 use sync_core::policy::Role;
@@ -140,6 +142,10 @@ struct Access {
     /// roster admits are found and synced with directly when mDNS is on.
     #[arg(long)]
     no_mdns: bool,
+    /// Limit attachment downloads to this many KiB per second, so a slow line still
+    /// carries documents while a large scan comes in (0: no limit).
+    #[arg(long, value_name = "KIB_PER_S", default_value_t = 0)]
+    attachment_rate: u64,
 }
 
 fn main() -> ExitCode {
@@ -294,6 +300,8 @@ fn serve(dir: &DataDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let (mut store, key, me) = dir.open(Role::Node)?;
     store.set_cache_capacity(cache_documents);
+    let blobs = std::sync::Arc::new(Blobs::open(&dir.attachments_path())?);
+    store.set_blobs(blobs.clone());
     let users = Directory::open(&dir.store_path())?;
     let office = office::Office {
         unit: me.unit.clone(),
@@ -322,6 +330,9 @@ fn serve(dir: &DataDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 roster,
                 roster_keys: access.roster_key,
                 mdns: !access.no_mdns,
+                blobs,
+                attachment_rate: (access.attachment_rate > 0)
+                    .then(|| access.attachment_rate * 1024),
             },
         )
         .await?;

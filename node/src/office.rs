@@ -60,6 +60,7 @@ pub fn enrich(store: &mut Store, id: &DocId, value: &mut JsonValue) -> ApiResult
         .get(id)?
         .ok_or_else(|| ApiError::not_found(id.as_str()))?;
     value["signatures"] = json!(signature::verify_all(id, doc)?);
+    crate::attachments::mark_states(store, value);
     let duplicates = duplicates(store, id, value)?;
     value["duplicates"] = json!(duplicates.iter().map(DocId::as_str).collect::<Vec<_>>());
     if let Some(to) = value["dispatch"]["to"].as_array().cloned() {

@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
+use sync_core::blobs::Blobs;
 use sync_core::model::DocId;
 use sync_core::net::{Net, NetConfig, PeerAddr, SharedStore};
 use sync_core::policy::Role;
@@ -105,6 +106,10 @@ struct Access {
     /// (mDNS).
     #[arg(long)]
     mdns: bool,
+    /// Limit attachment downloads to this many KiB per second, so a slow line still
+    /// carries documents while a large scan comes in (0: no limit).
+    #[arg(long, value_name = "KIB_PER_S", default_value_t = 0)]
+    attachment_rate: u64,
 }
 
 fn main() -> ExitCode {
@@ -260,6 +265,9 @@ fn serve(
                     roster,
                     roster_keys: access.roster_key,
                     mdns: access.mdns,
+                    blobs: std::sync::Arc::new(Blobs::open(&dir.attachments_path())?),
+                    attachment_rate: (access.attachment_rate > 0)
+                        .then(|| access.attachment_rate * 1024),
                 },
             )
             .await?,
@@ -436,6 +444,43 @@ async fn metrics(State(s): State<AppState>) -> Result<Response, Response> {
             "cabinet_peer_pending_out{{peer=\"{}\"}} {}\n",
             p["id"].as_str().unwrap_or(""),
             p["pending_out"]
+        ));
+    }
+    let a = &status["attachments"];
+    for (name, help, kind, value) in [
+        (
+            "cabinet_attachments_waiting",
+            "Attachment files listed by records here but not yet held.",
+            "gauge",
+            &a["waiting"],
+        ),
+        (
+            "cabinet_attachment_bytes_sent_total",
+            "Attachment bytes served to peers.",
+            "counter",
+            &a["bytes_sent"],
+        ),
+        (
+            "cabinet_attachment_bytes_received_total",
+            "Attachment bytes received and verified.",
+            "counter",
+            &a["bytes_received"],
+        ),
+        (
+            "cabinet_attachments_completed_total",
+            "Attachment files fetched whole.",
+            "counter",
+            &a["completed"],
+        ),
+        (
+            "cabinet_attachment_corrupt_transfers_total",
+            "Transfers stopped by data that did not verify.",
+            "counter",
+            &a["corrupt_transfers"],
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
     }
     Ok(([("content-type", "text/plain; version=0.0.4")], out).into_response())

@@ -6,6 +6,7 @@
 //! - [`units`]: the national list of communes and provinces, and the relay tree built on
 //!   it (commune → cluster → province → nation).
 //! - [`model`]: records (documents, annotations) as automerge documents with typed access.
+//! - [`blobs`]: attachment files by BLAKE3 hash, verified and resumable transfers.
 //! - [`store`]: durable SQLite storage with sequence numbers, cursors, per-peer sync
 //!   states and a bounded document cache.
 //! - [`lifecycle`]: the steps of an official document, registers and numbering, and the
@@ -24,6 +25,7 @@
 //! `net`, `identity`, `service` and rosters come with the `net` feature (on by default);
 //! without it the crate is the engine alone, which is what the fuzz targets build.
 
+pub mod blobs;
 pub mod determinism;
 #[cfg(feature = "net")]
 pub mod identity;

@@ -24,7 +24,7 @@ use automerge::transaction::{Transactable, Transaction};
 use automerge::{
     ActorId, Automerge, ChangeHash, Cursor, ObjId, ObjType, Prop, ROOT, ReadDoc, Value,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::determinism;
@@ -837,6 +837,7 @@ pub fn to_json(id: &DocId, doc: &Automerge) -> Result<Json, ModelError> {
                 json!(get_str_list(doc, ROOT, "recipients").unwrap_or_default()),
             );
             obj.insert("body".into(), json!(body_text(doc)?));
+            obj.insert("attachments".into(), json!(attachments(At::now(doc))));
             obj.insert("conflicts".into(), conflicts(doc));
             crate::lifecycle::json_fields(&header, doc, obj);
         }
@@ -993,6 +994,107 @@ pub fn restore(doc: &mut Automerge, heads: &[ChangeHash]) -> Result<(), ModelErr
         ..Default::default()
     };
     update_document(doc, &patch)
+}
+
+/// A file attached to a document: the file itself is stored once under its BLAKE3
+/// hash (see [`crate::blobs`]); the document lists it with its name, size and type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub hash: String,
+    pub name: String,
+    pub size: u64,
+    pub media_type: String,
+    #[serde(default)]
+    pub added_by: Option<String>,
+    #[serde(default)]
+    pub added_at: Option<String>,
+}
+
+impl Attachment {
+    /// Whether a listed attachment can be acted on: a hash of 64 hex digits and a size
+    /// this node would store. Entries that are not (from a faulty peer) are left out.
+    fn is_usable(&self) -> bool {
+        crate::blobs::parse_hash(&self.hash).is_ok()
+            && self.size <= crate::blobs::MAX_ATTACHMENT_BYTES
+            && !self.name.is_empty()
+    }
+}
+
+/// The attachments a document lists (usable ones, in the order they were added).
+pub fn attachments(at: At<'_>) -> Vec<Attachment> {
+    let Some((Value::Object(ObjType::List), list)) = at.get(&ROOT, "attachments".into()) else {
+        return Vec::new();
+    };
+    (0..at.length(&list))
+        .filter_map(|i| serde_json::from_value::<Attachment>(at.json(&list, i.into())).ok())
+        .filter(Attachment::is_usable)
+        .collect()
+}
+
+/// The attachments listed in a record's JSON (as [`to_json`] wrote it).
+pub fn attachments_in_json(json: &Json) -> Vec<Attachment> {
+    json.get("attachments")
+        .and_then(Json::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|a| serde_json::from_value::<Attachment>(a.clone()).ok())
+                .filter(Attachment::is_usable)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Lists a file on a document. The same file under the same name is listed once;
+/// returns whether the document changed.
+pub fn add_attachment(doc: &mut Automerge, attachment: &Attachment) -> Result<bool, ModelError> {
+    expect_kind(doc, Kind::Document)?;
+    if !attachment.is_usable() {
+        return Err(ModelError::Invalid(
+            "an attachment needs a name, a BLAKE3 hash and a size".into(),
+        ));
+    }
+    if attachments(At::now(doc))
+        .iter()
+        .any(|a| a.hash == attachment.hash && a.name == attachment.name)
+    {
+        return Ok(false);
+    }
+    let mut tx = doc.transaction();
+    let list = list_or_new(&mut tx, "attachments")?;
+    let at = tx.length(&list);
+    let entry = tx.insert_object(&list, at, ObjType::Map)?;
+    tx.put(&entry, "hash", attachment.hash.as_str())?;
+    tx.put(&entry, "name", attachment.name.as_str())?;
+    tx.put(&entry, "size", attachment.size)?;
+    tx.put(&entry, "media_type", attachment.media_type.as_str())?;
+    if let Some(by) = &attachment.added_by {
+        tx.put(&entry, "added_by", by.as_str())?;
+    }
+    tx.put(&entry, "added_at", now_vietnam())?;
+    commit(tx);
+    Ok(true)
+}
+
+/// Takes a file off a document's list (every entry with that hash); the file stays
+/// stored, since other documents may list it. Returns whether the document changed.
+pub fn remove_attachment(doc: &mut Automerge, hash: &str) -> Result<bool, ModelError> {
+    expect_kind(doc, Kind::Document)?;
+    let Some(list) = get_obj(doc, ROOT, "attachments", ObjType::List) else {
+        return Ok(false);
+    };
+    let at = At::now(doc);
+    let doomed: Vec<usize> = (0..at.length(&list))
+        .filter(|i| at.json(&list, (*i).into())["hash"] == hash)
+        .collect();
+    if doomed.is_empty() {
+        return Ok(false);
+    }
+    let mut tx = doc.transaction();
+    for i in doomed.into_iter().rev() {
+        tx.delete(&list, i)?;
+    }
+    commit(tx);
+    Ok(true)
 }
 
 /// The id of the document an annotation points at.

@@ -27,11 +27,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::blobs::Blobs;
 use crate::model;
 use crate::policy::{Member, Role};
 use crate::protocol::{self, Message, ProtocolError, Session, short};
 use crate::roster::{Roster, Trust};
 use crate::store::Store;
+
+mod attachments;
 
 /// The mDNS service Cabinet endpoints announce themselves under.
 const MDNS_SERVICE: &str = "cabinet";
@@ -123,6 +126,11 @@ pub struct NetConfig {
     pub roster_keys: Vec<EndpointId>,
     /// Announce this endpoint and find peers on the local network with mDNS.
     pub mdns: bool,
+    /// The attachment files this endpoint serves and fetches.
+    pub blobs: Arc<Blobs>,
+    /// Bytes per second attachment downloads may take, so a slow line still carries
+    /// documents; `None` for no limit.
+    pub attachment_rate: Option<u64>,
 }
 
 /// What the status page shows of one peer.
@@ -144,6 +152,8 @@ pub struct PeerStatus {
 struct Shared {
     endpoint: Endpoint,
     store: SharedStore,
+    blobs: Arc<Blobs>,
+    attachment_rate: Option<u64>,
     me: Member,
     /// Who may take part: the roster file and the signed rosters held.
     trust: Mutex<Trust>,
@@ -234,6 +244,8 @@ impl Net {
         let shared = Arc::new(Shared {
             endpoint,
             store,
+            blobs: config.blobs,
+            attachment_rate: config.attachment_rate,
             me: config.me,
             trust: Mutex::new(trust),
             roster_changed: watch::channel(0).0,
@@ -261,6 +273,11 @@ impl Net {
             shared.tasks.spawn(mdns_loop(shared.clone(), m));
         }
         Ok(Net { shared })
+    }
+
+    /// The attachment files this endpoint serves and fetches.
+    pub fn blobs(&self) -> &Arc<Blobs> {
+        &self.shared.blobs
     }
 
     pub fn id(&self) -> EndpointId {
@@ -572,7 +589,12 @@ async fn run_connection(shared: Arc<Shared>, conn: Connection, dialer: bool) -> 
         session.expect_role(*role);
     }
     session.set_rosters(lock(&shared.trust).offers());
-    let result = drive(&shared, &mut session, send, recv).await;
+    let (peer_known, peer) = watch::channel(None);
+    let result = tokio::select! {
+        r = drive(&shared, &mut session, send, recv, &peer_known) => r,
+        // Never ends first: it runs until the connection closes.
+        () = attachments::run(shared.clone(), conn.clone(), peer) => Ok(()),
+    };
     let stats = session.stats();
     {
         let mut store = lock(&shared.store);
@@ -646,6 +668,7 @@ async fn drive(
     session: &mut Session,
     send: iroh::endpoint::SendStream,
     recv: iroh::endpoint::RecvStream,
+    peer_known: &watch::Sender<Option<Member>>,
 ) -> Result<(), SessionEnd> {
     let mut reader = FramedRead::new(recv, codec());
     let mut writer = FramedWrite::new(send, codec());
@@ -702,6 +725,7 @@ async fn drive(
                 {
                     info!(peer = %short(session.peer_id()), unit = %m.unit,
                         role = m.role.as_str(), "session started");
+                    peer_known.send_replace(Some(m.clone()));
                 }
                 take_rosters(shared, session);
                 out

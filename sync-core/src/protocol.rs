@@ -925,7 +925,7 @@ impl Session {
 /// May `peer` see a record with this header? An annotation is seen only by those who may
 /// see the document it annotates, as this store holds it now: a note never shows a peer
 /// that a document it may not see exists, even after the document's audience narrowed.
-fn visible_to(
+pub(crate) fn visible_to(
     store: &Store,
     peer: &Member,
     header: &model::Header,

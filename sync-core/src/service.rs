@@ -115,6 +115,11 @@ impl DataDir {
         DataDir { path: path.into() }
     }
 
+    /// Where attachment files are kept (see [`crate::blobs`]).
+    pub fn attachments_path(&self) -> PathBuf {
+        self.path.join("attachments")
+    }
+
     pub fn store_path(&self) -> PathBuf {
         self.path.join(STORE_FILE)
     }
@@ -204,15 +209,25 @@ impl DataDir {
 
 /// The status document both binaries serve at `/api/v1/status`.
 pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
-    let (unit, name, documents, records) = {
+    let (unit, name, documents, records, wanted) = {
         let s = lock(store);
         (
             s.info().unit.clone(),
             s.info().name.clone(),
             s.count()?,
             s.peers()?,
+            s.wanted_attachment_count()?,
         )
     };
+    let counters = &net.blobs().counters;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let attachments = json!({
+        "waiting": wanted,
+        "bytes_sent": load(&counters.bytes_sent),
+        "bytes_received": load(&counters.bytes_received),
+        "completed": load(&counters.completed),
+        "corrupt_transfers": load(&counters.corrupt),
+    });
     let status = net.status();
     let (revoked, rosters): (Vec<bool>, Vec<Json>) = net.with_trust(|trust| {
         let revoked = status.iter().map(|p| trust.is_revoked(&p.id)).collect();
@@ -263,6 +278,7 @@ pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
         "documents": documents,
         "peers": peers,
         "rosters": rosters,
+        "attachments": attachments,
     }))
 }
 

@@ -96,6 +96,18 @@ fn canonical_content(
         "recipients".into(),
         json!(at.str_list(&ROOT, "recipients").unwrap_or_default()),
     );
+    // The files a document lists are part of what is signed (by hash, name, size and
+    // type); a document without any signs as it did before attachments existed.
+    let mut files: Vec<Json> = crate::model::attachments(at)
+        .into_iter()
+        .map(
+            |a| json!({"hash": a.hash, "name": a.name, "size": a.size, "media_type": a.media_type}),
+        )
+        .collect();
+    if !files.is_empty() {
+        files.sort_by_key(|f| f.to_string());
+        out.insert("attachments".into(), Json::Array(files));
+    }
     let body = match at.get(&ROOT, "body".into()) {
         Some((Value::Object(ObjType::Text), t)) => at.text(&t),
         _ => None,

@@ -118,6 +118,8 @@ pub struct Store {
     /// Whether the open transaction found that another process had written since the
     /// cache was last checked (documents taken out before it began may be stale).
     others_wrote_before_batch: bool,
+    /// The data directory's attachment files, where a process keeps them.
+    blobs: Option<std::sync::Arc<crate::blobs::Blobs>>,
 }
 
 const SCHEMA: &str = "
@@ -171,6 +173,15 @@ CREATE TABLE IF NOT EXISTS rosters (
     version INTEGER NOT NULL,
     signed BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS attachment_refs (
+    hash TEXT NOT NULL,
+    record TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    held INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hash, record)
+);
+CREATE INDEX IF NOT EXISTS attachment_refs_record ON attachment_refs(record);
+CREATE INDEX IF NOT EXISTS attachment_refs_wanted ON attachment_refs(hash) WHERE held = 0;
 CREATE TABLE IF NOT EXISTS search_keys (
     n INTEGER PRIMARY KEY,
     record TEXT NOT NULL UNIQUE
@@ -329,6 +340,7 @@ impl Store {
             batch_max_seq: 0,
             data_version: 0,
             others_wrote_before_batch: false,
+            blobs: None,
         })
     }
 
@@ -348,6 +360,16 @@ impl Store {
     }
 
     /// Bounds how many loaded documents stay in memory.
+    /// Gives the store the attachment files of its data directory, so views of a
+    /// document can say which of its files are here.
+    pub fn set_blobs(&mut self, blobs: std::sync::Arc<crate::blobs::Blobs>) {
+        self.blobs = Some(blobs);
+    }
+
+    pub fn blobs(&self) -> Option<&std::sync::Arc<crate::blobs::Blobs>> {
+        self.blobs.as_ref()
+    }
+
     pub fn set_cache_capacity(&mut self, documents: usize) {
         self.cache
             .resize(NonZeroUsize::new(documents.max(1)).expect("at least one"));
@@ -679,12 +701,88 @@ impl Store {
                 )?;
             }
             self.index_for_search(id, &json)?;
+            self.index_attachments(id, &json)?;
             let reach = (header.audience.clone(), header.confidential);
             if header.kind == Kind::Document && old_reach.is_some_and(|old| old != reach) {
                 self.renumber_annotations(id)?;
             }
             Ok(Some(seq))
         }
+    }
+
+    /// Keeps `attachment_refs` in step with the attachments a record lists: which files
+    /// this store wants, and which records make a file visible to a peer.
+    fn index_attachments(&self, id: &DocId, json: &Json) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM attachment_refs WHERE record = ?1",
+            [id.as_str()],
+        )?;
+        for a in model::attachments_in_json(json) {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO attachment_refs (hash, record, size, held)
+                 VALUES (?1, ?2, ?3, COALESCE(
+                   (SELECT MAX(held) FROM attachment_refs WHERE hash = ?1 AND size = ?3), 0))",
+                params![a.hash, id.as_str(), a.size as i64],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Attachments this store lists but does not hold yet, with the records that list
+    /// them (at most `limit` rows).
+    pub fn wanted_attachments(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(String, u64, RecordMeta)>, StoreError> {
+        let rows: Vec<(String, i64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT hash, size, record FROM attachment_refs WHERE held = 0
+                 ORDER BY hash LIMIT ?1",
+            )?
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (hash, size, record) in rows {
+            if let Some(meta) = self.meta(&DocId::parse(&record)?)? {
+                out.push((hash, size as u64, meta));
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many listed attachment files are not here yet.
+    pub fn wanted_attachment_count(&self) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(DISTINCT hash) FROM attachment_refs WHERE held = 0",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Notes that the file for `hash` is complete here.
+    pub fn attachment_held(&self, hash: &str, size: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE attachment_refs SET held = 1 WHERE hash = ?1 AND size = ?2",
+            params![hash, size as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The records that list the attachment `hash` of `size` bytes.
+    pub fn attachment_records(&self, hash: &str, size: u64) -> Result<Vec<RecordMeta>, StoreError> {
+        let ids: Vec<String> = self
+            .conn
+            .prepare_cached("SELECT record FROM attachment_refs WHERE hash = ?1 AND size = ?2")?
+            .query_map(params![hash, size as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(meta) = self.meta(&DocId::parse(&id)?)? {
+                out.push(meta);
+            }
+        }
+        Ok(out)
     }
 
     fn index_for_search(&self, id: &DocId, json: &Json) -> Result<(), StoreError> {

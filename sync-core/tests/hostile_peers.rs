@@ -107,6 +107,8 @@ async fn hostile_peers_end_only_their_own_sessions() {
             roster: roster_a,
             roster_keys: vec![],
             mdns: false,
+            blobs: attachment_files(dir.path()),
+            attachment_rate: None,
         },
     )
     .await
@@ -128,6 +130,8 @@ async fn hostile_peers_end_only_their_own_sessions() {
             roster: Roster::default(),
             roster_keys: Vec::new(),
             mdns: false,
+            blobs: attachment_files(dir.path()),
+            attachment_rate: None,
         },
     )
     .await
@@ -196,4 +200,12 @@ async fn hostile_peers_end_only_their_own_sessions() {
     assert!(b_status.connected);
     net_b.shutdown().await;
     net_a.shutdown().await;
+}
+
+/// A fresh directory of attachment files for one endpoint under `root`.
+fn attachment_files(root: &std::path::Path) -> std::sync::Arc<sync_core::blobs::Blobs> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = root.join(format!("attachments-{}", N.fetch_add(1, Ordering::Relaxed)));
+    std::sync::Arc::new(sync_core::blobs::Blobs::open(&dir).unwrap())
 }

@@ -396,6 +396,48 @@ impl Process {
         reply(r.call())
     }
 
+    /// POST of raw bytes (a file upload) with its media type; the reply, whatever it is.
+    pub fn try_upload(&self, path: &str, bytes: &[u8], media_type: &str) -> Result<Reply, String> {
+        let mut r = agent()
+            .post(&self.url(path))
+            .header("Content-Type", media_type);
+        if let Some(auth) = self.authorization() {
+            r = r.header("Authorization", &auth);
+        }
+        reply(r.send(bytes))
+    }
+
+    /// GET of raw bytes (a file download): status and body, whatever they are.
+    pub fn try_download(&self, path: &str) -> Result<(u16, Vec<u8>), String> {
+        let mut r = agent().get(&self.url(path));
+        if let Some(auth) = self.authorization() {
+            r = r.header("Authorization", &auth);
+        }
+        let mut response = r.call().map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
+        Ok((status, bytes))
+    }
+
+    /// A value of the Prometheus text a relay serves at `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let r = agent()
+            .get(&self.url("/metrics"))
+            .call()
+            .unwrap_or_else(|e| panic!("metrics of {}: {e}", self.name))
+            .body_mut()
+            .read_to_string()
+            .expect("metrics text");
+        r.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{} serves no metric {name}", self.name))
+    }
+
     /// GET that must succeed with 200.
     pub fn get(&self, path: &str) -> Value {
         let r = self

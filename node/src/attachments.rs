@@ -1,0 +1,277 @@
+//! A document's attachments over HTTP: upload, list, download and removal.
+//!
+//! An upload streams to a temporary file while it is hashed, and is listed on the
+//! document only once the file is stored under its hash. A download is served only when
+//! every byte of the file is here and verified; until then the answer says how far the
+//! transfer has come.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+use serde_json::{Value as JsonValue, json};
+use sync_core::blobs::{self, BlobError, BlobState, Blobs};
+use sync_core::model::{self, Attachment, DocId};
+use sync_core::store::Store;
+use sync_core::users::Actor;
+
+use crate::api::{
+    ApiError, ApiResult, AppState, document_json, parse_id, with_store, with_store_as,
+};
+
+/// The longest file name kept.
+const MAX_NAME_CHARS: usize = 255;
+
+/// Adds `status` (`complete`, `partial` or `missing`) and `received` (verified bytes
+/// here) to each attachment a document's JSON lists.
+pub fn mark_states(store: &Store, value: &mut JsonValue) {
+    let Some(list) = value["attachments"].as_array_mut() else {
+        return;
+    };
+    for a in list {
+        let Some(hash) = a["hash"].as_str().and_then(|h| blobs::parse_hash(h).ok()) else {
+            continue;
+        };
+        let size = a["size"].as_u64().unwrap_or(0);
+        let state = store
+            .blobs()
+            .map_or(BlobState::Missing, |b| match b.state(&hash) {
+                // A file with the right hash has the right size; one listed with another
+                // size (a faulty entry) is never complete.
+                BlobState::Complete if b.complete_size(&hash) != Some(size) => BlobState::Missing,
+                s => s,
+            });
+        a["status"] = json!(state.as_str());
+        a["received"] = json!(match state {
+            BlobState::Complete => size,
+            BlobState::Partial(n) => n.min(size),
+            BlobState::Missing => 0,
+        });
+    }
+}
+
+/// What may be done to a document's list of files by this node: it exists, is not
+/// deleted, and its content is not fixed by the lifecycle; an incoming document takes
+/// files only from the unit that received it.
+fn check_editable(store: &mut Store, id: &DocId) -> ApiResult<JsonValue> {
+    let current = document_json(store, id)?;
+    if current["deleted"] == true {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "this document was deleted; its attachments cannot change".into(),
+        ));
+    }
+    if current["unit"] != store.info().unit.as_str() && current["direction"] == "incoming" {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "an incoming document belongs to the unit that received it: only its offices \
+             change it"
+                .into(),
+        ));
+    }
+    let doc = store
+        .get(id)?
+        .ok_or_else(|| ApiError::not_found(id.as_str()))?;
+    if sync_core::lifecycle::content_fixed(doc) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "the document's content is fixed (being issued, or issued): its attachments \
+             change only through a correction or a replacement"
+                .into(),
+        ));
+    }
+    Ok(current)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    name: Option<String>,
+}
+
+fn blobs_of(state: &AppState) -> Arc<Blobs> {
+    state.net.blobs().clone()
+}
+
+fn storage_error(e: BlobError) -> ApiError {
+    match e {
+        BlobError::TooLarge => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+/// `POST /api/v1/documents/{id}/attachments?name=NAME` with the file as the body and its
+/// type as `Content-Type`.
+pub async fn upload(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<UploadQuery>,
+    actor: Option<Extension<Arc<Actor>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let actor = actor.map(|Extension(a)| a);
+    let id = parse_id(&id)?;
+    let name = query.name.unwrap_or_default().trim().to_string();
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(format!(
+            "name the file with ?name=… (1 to {MAX_NAME_CHARS} characters, no control \
+             characters), such as ?name=to-trinh.pdf"
+        )));
+    }
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or_default().trim().to_string())
+        .unwrap_or_else(|| "application/octet-stream".into());
+    if media_type.is_empty() || media_type.len() > 127 || !media_type.contains('/') {
+        return Err(ApiError::bad_request(
+            "Content-Type must be the file's media type, such as application/pdf",
+        ));
+    }
+    // Refused before a byte is stored.
+    let check = id.clone();
+    with_store(&state, move |s| check_editable(s, &check).map(|_| ())).await?;
+
+    let blobs = blobs_of(&state);
+    let mut upload = blobs.upload().map_err(storage_error)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload cut short: {e}")))?;
+        tokio::task::block_in_place(|| upload.write(&chunk)).map_err(storage_error)?;
+    }
+    let (hash, size) = tokio::task::block_in_place(|| upload.finish()).map_err(storage_error)?;
+    let attachment = Attachment {
+        hash: hash.to_hex().to_string(),
+        name,
+        size,
+        media_type,
+        added_by: actor.as_ref().map(|a| a.user.name.clone()),
+        added_at: None,
+    };
+    tracing::info!(document = %id, hash = %attachment.hash, size, "attachment stored");
+    let value = with_store_as(&state, actor, move |s| {
+        check_editable(s, &id)?;
+        s.modify(&id, |doc| model::add_attachment(doc, &attachment))?;
+        s.attachment_held(&attachment.hash, attachment.size)?;
+        let document = document_json(s, &id)?;
+        let entry = document["attachments"]
+            .as_array()
+            .and_then(|l| {
+                l.iter().find(|a| {
+                    a["hash"] == attachment.hash.as_str() && a["name"] == attachment.name.as_str()
+                })
+            })
+            .cloned()
+            .unwrap_or(JsonValue::Null);
+        Ok(json!({ "attachment": entry, "document": document }))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(value)).into_response())
+}
+
+/// `GET /api/v1/documents/{id}/attachments`.
+pub async fn list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let id = parse_id(&id)?;
+    let value = with_store(&state, move |s| {
+        let document = document_json(s, &id)?;
+        Ok(json!({ "attachments": document["attachments"] }))
+    })
+    .await?;
+    Ok(Json(value))
+}
+
+fn listed(document: &JsonValue, hash: &str) -> ApiResult<JsonValue> {
+    document["attachments"]
+        .as_array()
+        .and_then(|l| l.iter().find(|a| a["hash"] == hash))
+        .cloned()
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("the document lists no attachment {hash}"),
+            )
+        })
+}
+
+/// `GET /api/v1/documents/{id}/attachments/{hash}`: the file, once it is here whole.
+pub async fn download(
+    State(state): State<AppState>,
+    Path((id, hash)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let parsed = blobs::parse_hash(&hash).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let entry = with_store(&state, move |s| {
+        let document = document_json(s, &id)?;
+        listed(&document, &hash)
+    })
+    .await?;
+    if entry["status"] != "complete" {
+        let size = entry["size"].as_u64().unwrap_or(0);
+        let received = entry["received"].as_u64().unwrap_or(0);
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "the attachment is not here whole yet: {received} of {size} bytes received \
+                 and verified; it is served once every byte is"
+            ),
+        ));
+    }
+    let path = blobs_of(&state).path(&parsed);
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let name = entry["name"].as_str().unwrap_or("attachment");
+    let disposition = format!(
+        "attachment; filename*=UTF-8''{}",
+        utf8_percent_encode(name, NON_ALPHANUMERIC)
+    );
+    let mut response = Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(entry["media_type"].as_str().unwrap_or_default()) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(entry["size"].as_u64().unwrap_or(0)),
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(
+        "x-content-blake3",
+        HeaderValue::from_str(parsed.to_hex().as_str()).expect("hex"),
+    );
+    Ok(response)
+}
+
+/// `DELETE /api/v1/documents/{id}/attachments/{hash}`: the document no longer lists the
+/// file (it stays stored while any document lists it).
+pub async fn remove(
+    State(state): State<AppState>,
+    Path((id, hash)): Path<(String, String)>,
+    actor: Option<Extension<Arc<Actor>>>,
+) -> ApiResult<Json<JsonValue>> {
+    let actor = actor.map(|Extension(a)| a);
+    let id = parse_id(&id)?;
+    blobs::parse_hash(&hash).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let value = with_store_as(&state, actor, move |s| {
+        let current = check_editable(s, &id)?;
+        listed(&current, &hash)?;
+        s.modify(&id, |doc| model::remove_attachment(doc, &hash))?;
+        document_json(s, &id)
+    })
+    .await?;
+    Ok(Json(value))
+}
