@@ -78,6 +78,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/documents/{id}/actions", post(office::act))
         .route("/api/v1/documents/{id}/history", get(document_history))
         .route("/api/v1/documents/{id}/restore", post(restore_document))
+        .route("/api/v1/documents/{id}/deletion", post(decide_deletion))
+        .route("/api/v1/conflicts", get(list_conflicts))
         .route("/api/v1/documents/{id}/signatures", get(office::signatures))
         .route("/api/v1/registers", get(office::list_registers))
         .route(
@@ -787,16 +789,7 @@ async fn delete_document(
         .as_ref()
         .map_or_else(|| state.net.id().to_string(), |a| a.user.name.clone());
     let value = with_store_as(&state, actor.clone(), move |s| {
-        let current = document_json(s, &id)?;
-        if current["unit"] != s.info().unit.as_str() {
-            return Err(ApiError(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "the document belongs to unit {}: only its own offices delete it",
-                    current["unit"].as_str().unwrap_or("")
-                ),
-            ));
-        }
+        check_may_delete(s, &id)?;
         if sync_core::lifecycle::content_fixed(s.get(&id)?.expect("checked above")) {
             return Err(ApiError(
                 StatusCode::CONFLICT,
@@ -809,6 +802,86 @@ async fn delete_document(
             s.modify(&id, |doc| model::tombstone(doc, &by))?;
         }
         document_json(s, &id)
+    })
+    .await?;
+    Ok(Json(value))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeletionDecision {
+    /// `delete`: the record stays deleted, with the edits it had not seen; `restore`: it
+    /// comes back with every edit.
+    decision: String,
+}
+
+/// The owning unit's checks before a deletion or a decision about one.
+fn check_may_delete(s: &mut Store, id: &DocId) -> ApiResult<JsonValue> {
+    let current = document_json(s, id)?;
+    if current["unit"] != s.info().unit.as_str() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the document belongs to unit {}: only its own offices delete or restore it",
+                current["unit"].as_str().unwrap_or("")
+            ),
+        ));
+    }
+    Ok(current)
+}
+
+/// `POST /api/v1/documents/{id}/deletion {"decision": "delete" | "restore"}`: settles a
+/// deleted document, in particular one with edits its deletion had not seen.
+async fn decide_deletion(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    actor: Option<Extension<Arc<Actor>>>,
+    body: Bytes,
+) -> ApiResult<Json<JsonValue>> {
+    let id = parse_id(&id)?;
+    let request: DeletionDecision = parse_body(&body)?;
+    let actor = actor.map(|Extension(a)| a);
+    let by = actor
+        .as_ref()
+        .map_or_else(|| state.net.id().to_string(), |a| a.user.name.clone());
+    let value = with_store_as(&state, actor.clone(), move |s| {
+        let current = check_may_delete(s, &id)?;
+        if current["deleted"] != true {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                "the document is not deleted: there is nothing to decide".into(),
+            ));
+        }
+        match request.decision.as_str() {
+            // A new tombstone, made having seen every edit: the conflict ends.
+            "delete" => {
+                s.modify(&id, |doc| model::tombstone(doc, &by))?;
+            }
+            "restore" => {
+                s.modify(&id, model::undelete)?;
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "decision {other:?}: say \"delete\" (it stays deleted) or \"restore\" \
+                     (it comes back with every edit)"
+                )));
+            }
+        }
+        document_json(s, &id)
+    })
+    .await?;
+    Ok(Json(value))
+}
+
+/// `GET /api/v1/conflicts`: documents that need a person's decision: a field two people
+/// set at once, or edits a deletion had not seen.
+async fn list_conflicts(State(state): State<AppState>) -> ApiResult<Json<JsonValue>> {
+    let value = with_store(&state, move |s| {
+        let mut documents = Vec::new();
+        for id in s.conflicted()? {
+            documents.push(document_json(s, &id)?);
+        }
+        Ok(json!({ "documents": documents }))
     })
     .await?;
     Ok(Json(value))

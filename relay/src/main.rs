@@ -341,6 +341,9 @@ fn summary(record: &JsonValue) -> JsonValue {
         "audience": record["audience"],
         "heads": record["heads"],
         "deleted": record["deleted"],
+        "deleted_by": record["deleted_by"],
+        "deleted_at": record["deleted_at"],
+        "deletion_conflict": record["deletion_conflict"],
     })
 }
 

@@ -826,6 +826,7 @@ pub fn to_json(id: &DocId, doc: &Automerge) -> Result<Json, ModelError> {
     if let Some(d) = get_obj(doc, ROOT, "deleted", ObjType::Map) {
         obj.insert("deleted_by".into(), json!(get_str(doc, &d, "by")));
         obj.insert("deleted_at".into(), json!(get_str(doc, &d, "at")));
+        obj.insert("deletion_conflict".into(), deletion_conflict(doc));
     }
     match header.kind {
         Kind::Document => {
@@ -908,39 +909,86 @@ pub fn history(doc: &Automerge, skip: usize, limit: usize) -> Vec<Json> {
         .rev()
         .skip(skip)
         .take(limit)
-        .map(|c| {
-            let author: Json = c
-                .message()
-                .and_then(|m| serde_json::from_str(m).ok())
-                .unwrap_or(Json::Null);
-            let mut fields: Vec<String> = doc
-                .diff(c.deps(), &[c.hash()])
-                .into_iter()
-                .filter_map(|p| match p.path.first() {
-                    Some((_, automerge::Prop::Map(key))) => Some(key.clone()),
-                    Some(_) => None,
-                    None => match p.action {
-                        automerge::PatchAction::PutMap { key, .. }
-                        | automerge::PatchAction::DeleteMap { key } => Some(key),
-                        automerge::PatchAction::Conflict {
-                            prop: automerge::Prop::Map(key),
-                        } => Some(key),
-                        _ => None,
-                    },
-                })
-                .collect();
-            fields.sort();
-            fields.dedup();
-            json!({
-                "hash": c.hash().to_string(),
-                "deps": heads_hex(c.deps()),
-                "at": time_vietnam(c.timestamp()),
-                "by": author.get("by"),
-                "node": author.get("node"),
-                "fields": fields,
-            })
-        })
+        .map(|c| change_json(doc, c))
         .collect()
+}
+
+/// One change as the history shows it.
+fn change_json(doc: &Automerge, c: &automerge::Change) -> Json {
+    let author: Json = c
+        .message()
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or(Json::Null);
+    let mut fields: Vec<String> = doc
+        .diff(c.deps(), &[c.hash()])
+        .into_iter()
+        .filter_map(|p| match p.path.first() {
+            Some((_, automerge::Prop::Map(key))) => Some(key.clone()),
+            Some(_) => None,
+            None => match p.action {
+                automerge::PatchAction::PutMap { key, .. }
+                | automerge::PatchAction::DeleteMap { key } => Some(key),
+                automerge::PatchAction::Conflict {
+                    prop: automerge::Prop::Map(key),
+                } => Some(key),
+                _ => None,
+            },
+        })
+        .collect();
+    fields.sort();
+    fields.dedup();
+    json!({
+        "hash": c.hash().to_string(),
+        "deps": heads_hex(c.deps()),
+        "at": time_vietnam(c.timestamp()),
+        "by": author.get("by"),
+        "node": author.get("node"),
+        "fields": fields,
+    })
+}
+
+/// For a deleted record, the changes its deletion did not see: edits made (offline,
+/// as a rule) concurrently with the tombstone, which neither came before it nor were
+/// made knowing of it. `null` when there are none. The answer depends only on the
+/// change graph, so every node that holds the same changes shows the same conflict.
+/// It ends when a person decides: deleting again (a tombstone that has seen the
+/// edits) or restoring the record (see [`undelete`]).
+pub fn deletion_conflict(doc: &Automerge) -> Json {
+    let Ok(tombstones) = doc.get_all(ROOT, "deleted") else {
+        return Json::Null;
+    };
+    let marks: Vec<ChangeHash> = tombstones
+        .iter()
+        .filter_map(|(_, id)| doc.hash_for_opid(id))
+        .collect();
+    if marks.is_empty() {
+        return Json::Null;
+    }
+    // Changes that are neither the tombstones nor their ancestors, in causal order;
+    // those descending from a tombstone were made after it was seen.
+    let mut after: std::collections::HashSet<ChangeHash> = marks.iter().copied().collect();
+    let mut edits = Vec::new();
+    for c in doc.get_changes(&marks) {
+        if c.deps().iter().any(|d| after.contains(d)) {
+            after.insert(c.hash());
+        } else {
+            edits.push(change_json(doc, &c));
+        }
+    }
+    if edits.is_empty() {
+        return Json::Null;
+    }
+    edits.sort_by(|x, y| x["hash"].as_str().cmp(&y["hash"].as_str()));
+    json!({ "edits": edits })
+}
+
+/// Brings a deleted record back, with every change it holds (a new change: the
+/// tombstone stays in the history).
+pub fn undelete(doc: &mut Automerge) -> Result<(), ModelError> {
+    let mut tx = doc.transaction();
+    tx.delete(ROOT, "deleted")?;
+    commit(tx);
+    Ok(())
 }
 
 /// Parses heads given as hex change hashes; each must be in `doc`'s history.
@@ -1236,6 +1284,63 @@ mod tests {
             created_at: now_vietnam(),
             confidential: false,
         }
+    }
+
+    #[test]
+    fn an_edit_made_without_seeing_a_deletion_is_a_conflict_on_both_sides() {
+        let mut a = create_document(
+            &header(),
+            &DocumentPatch {
+                subject: Some("Kế hoạch".into()),
+                body: Some("Điều 1.".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut b = a.fork().with_actor(fresh_actor());
+        tombstone(&mut a, "chu.tich").unwrap();
+        // A deletion with no edit beside it is no conflict.
+        assert_eq!(deletion_conflict(&a), Json::Null);
+        as_author("can.bo", "node-b", || {
+            update_document(
+                &mut b,
+                &DocumentPatch {
+                    subject: Some("Kế hoạch (sửa)".into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+        a.merge(&mut b.clone()).unwrap();
+        b.merge(&mut a.clone()).unwrap();
+        let (ca, cb) = (deletion_conflict(&a), deletion_conflict(&b));
+        assert_eq!(ca, cb, "the same on both sides");
+        let edits = ca["edits"].as_array().unwrap();
+        assert_eq!(edits.len(), 1);
+        assert_eq!(edits[0]["by"], "can.bo");
+        assert_eq!(edits[0]["fields"], json!(["subject"]));
+        // Nothing is lost: the edit is in the deleted record.
+        assert!(is_deleted(&b));
+        assert_eq!(get_str(&b, ROOT, "subject").unwrap(), "Kế hoạch (sửa)");
+
+        // Deleting again, having seen the edit, settles it everywhere.
+        let mut settled = a.clone();
+        tombstone(&mut settled, "chu.tich").unwrap();
+        b.merge(&mut settled.clone()).unwrap();
+        assert_eq!(deletion_conflict(&b), Json::Null);
+        assert!(is_deleted(&b));
+        // So does restoring it, which keeps the edit.
+        let mut restored = a.clone();
+        undelete(&mut restored).unwrap();
+        assert!(!is_deleted(&restored));
+        assert_eq!(
+            to_json(&DocId::new(), &restored).unwrap()["deletion_conflict"],
+            Json::Null
+        );
+        assert_eq!(
+            get_str(&restored, ROOT, "subject").unwrap(),
+            "Kế hoạch (sửa)"
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::lifecycle::SeriesKey;
 use crate::model::{self, DocId, Header, Kind, ModelError};
 
 /// The meta key and version of the JSON kept with each record.
-const RECORD_JSON: (&str, &str) = ("record_json", "2");
+const RECORD_JSON: (&str, &str) = ("record_json", "3");
 
 /// How many loaded documents the cache keeps by default.
 pub const DEFAULT_CACHE_DOCUMENTS: usize = 256;
@@ -959,6 +959,18 @@ impl Store {
             out.push(DocId::parse(&row?)?);
         }
         Ok(out)
+    }
+
+    /// Documents that wait for a person's decision: a field with two values set at once,
+    /// or a deletion with edits it had not seen (see `model::deletion_conflict`).
+    pub fn conflicted(&self) -> Result<Vec<DocId>, StoreError> {
+        self.ids_where(
+            "SELECT id FROM records WHERE kind = 'document'
+               AND (json_extract(json, '$.deletion_conflict') IS NOT NULL
+                    OR json_extract(json, '$.conflicts') NOT IN ('{}', ''))
+             ORDER BY id",
+            [],
+        )
     }
 
     /// Other documents that hold the same number as one with `number_key` (see
