@@ -68,6 +68,14 @@ pub fn router(state: AppState) -> Router {
             get(list_annotations).post(create_annotation),
         )
         .route(
+            "/api/v1/documents/{id}/annotations/{aid}",
+            axum::routing::patch(patch_annotation),
+        )
+        .route(
+            "/api/v1/documents/{id}/annotations/{aid}/replies",
+            post(reply_to_annotation),
+        )
+        .route(
             "/api/v1/documents/{id}/attachments",
             get(attachments::list).post(attachments::upload),
         )
@@ -895,9 +903,6 @@ async fn create_annotation(
 ) -> ApiResult<(StatusCode, Json<JsonValue>)> {
     let target_id = parse_id(&id)?;
     let input: NewAnnotation = parse_body(&body)?;
-    if input.text.trim().is_empty() {
-        return Err(ApiError::bad_request("an annotation needs some text"));
-    }
     let creator = state.net.id().to_string();
     // The signed-in user; in setup mode only the node can be vouched for.
     let actor = actor.map(|Extension(a)| a);
@@ -908,6 +913,25 @@ async fn create_annotation(
         author: Some(author),
         ..input
     };
+    if input.visibility == Visibility::Shared {
+        let users = state.users.clone();
+        let names = input.shared_with.clone();
+        let unknown = tokio::task::spawn_blocking(move || {
+            let users = users.lock().unwrap_or_else(|p| p.into_inner());
+            names
+                .into_iter()
+                .filter(|n| users.user(n).is_err())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if !unknown.is_empty() && actor.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "shared_with names no user of this node: {}",
+                unknown.join(", ")
+            )));
+        }
+    }
     let value = with_store_as(&state, actor.clone(), move |s| {
         let unit = s.info().unit.clone();
         let target_json = document_json(s, &target_id)?;
@@ -917,9 +941,10 @@ async fn create_annotation(
                 "this document was deleted; it cannot be annotated".into(),
             ));
         }
+        // Private notes and those shared with named people stay in this unit.
         let audience = match input.visibility {
-            Visibility::Private => vec![unit.clone()],
-            Visibility::Shared | Visibility::Audience => {
+            Visibility::Private | Visibility::Shared => vec![unit.clone()],
+            Visibility::Audience => {
                 serde_json::from_value(target_json["audience"].clone()).unwrap_or_default()
             }
         };
@@ -929,44 +954,159 @@ async fn create_annotation(
             audience,
             created_by: creator,
             created_at: model::now_vietnam(),
-            confidential: input.visibility == Visibility::Private,
+            confidential: input.visibility != Visibility::Audience,
         };
         let target = s.get(&target_id)?.expect("checked above");
         let doc = model::create_annotation(&header, &target_id, target, &input)?;
         let id = DocId::new();
         s.put(&id, doc, &[])?;
-        let annotation = s.take(&id)?.expect("just stored");
-        let target = s.get(&target_id)?.expect("checked above");
-        let value = model::annotation_json(&id, &annotation, target);
-        s.untake(id, annotation);
-        Ok(value?)
+        annotation_view(s, &target_id, &id)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(value)))
 }
 
+/// An annotation's JSON, its anchor resolved against its document's body.
+fn annotation_view(s: &mut Store, target_id: &DocId, id: &DocId) -> ApiResult<JsonValue> {
+    let annotation = s
+        .take(id)?
+        .ok_or_else(|| ApiError::not_found(id.as_str()))?;
+    let value = match s.get(target_id)? {
+        Some(target) => model::annotation_json(id, &annotation, target),
+        None => Err(model::ModelError::Invalid(
+            "its document is not here".into(),
+        )),
+    };
+    s.untake(id.clone(), annotation);
+    Ok(value?)
+}
+
+fn reader(actor: &Option<Arc<Actor>>) -> Option<String> {
+    actor.as_ref().map(|a| a.user.name.clone())
+}
+
 async fn list_annotations(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    actor: Option<Extension<Arc<Actor>>>,
 ) -> ApiResult<Json<JsonValue>> {
     let target_id = parse_id(&id)?;
+    let reader = reader(&actor.map(|Extension(a)| a));
     let value = with_store(&state, move |s| {
-        document_json(s, &target_id)?;
+        let document = document_json(s, &target_id)?;
+        // Annotations follow their document: deleted with it, back when it is restored.
+        if document["deleted"] == true {
+            return Ok(json!({ "annotations": [], "document_deleted": true }));
+        }
         let mut annotations = Vec::new();
         for id in s.annotations_of(&target_id)? {
-            let Some(annotation) = s.take(&id)? else {
+            if s.meta(&id)?.is_none_or(|m| m.deleted) {
                 continue;
-            };
-            let target = s.get(&target_id)?.expect("checked above");
-            let value = (!model::is_deleted(&annotation))
-                .then(|| model::annotation_json(&id, &annotation, target));
-            s.untake(id, annotation);
-            if let Some(v) = value {
-                annotations.push(v?);
+            }
+            let value = annotation_view(s, &target_id, &id)?;
+            if model::may_read_annotation(&value, reader.as_deref()) {
+                annotations.push(value);
             }
         }
         Ok(json!({ "annotations": annotations }))
     })
     .await?;
     Ok(Json(value))
+}
+
+/// The annotation `id` on document `target`, if `reader` may read it; anything else
+/// is "not found", so a note one may not read does not show it exists.
+fn readable_annotation(
+    s: &mut Store,
+    target: &DocId,
+    id: &DocId,
+    reader: Option<&str>,
+) -> ApiResult<JsonValue> {
+    let missing = || {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no annotation {id} on document {target} here"),
+        )
+    };
+    let document = document_json(s, target)?;
+    let meta = s.meta(id)?.ok_or_else(missing)?;
+    if meta.header.kind != Kind::Annotation
+        || meta.target.as_ref() != Some(target)
+        || meta.deleted
+        || document["deleted"] == true
+    {
+        return Err(missing());
+    }
+    let value = annotation_view(s, target, id)?;
+    if !model::may_read_annotation(&value, reader) {
+        return Err(missing());
+    }
+    Ok(value)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnnotationPatch {
+    resolved: Option<bool>,
+    text: Option<String>,
+}
+
+/// `PATCH /api/v1/documents/{id}/annotations/{aid}`: `resolved` by anyone who reads it,
+/// `text` by its author.
+async fn patch_annotation(
+    State(state): State<AppState>,
+    Path((id, aid)): Path<(String, String)>,
+    actor: Option<Extension<Arc<Actor>>>,
+    body: Bytes,
+) -> ApiResult<Json<JsonValue>> {
+    let (target, id) = (parse_id(&id)?, parse_id(&aid)?);
+    let patch: AnnotationPatch = parse_body(&body)?;
+    let actor = actor.map(|Extension(a)| a);
+    let reader = reader(&actor);
+    let by = reader.clone().unwrap_or_else(|| state.net.id().to_string());
+    let value = with_store_as(&state, actor, move |s| {
+        let current = readable_annotation(s, &target, &id, reader.as_deref())?;
+        if let Some(text) = &patch.text {
+            if reader.is_some() && current["author"].as_str() != reader.as_deref() {
+                return Err(ApiError(
+                    StatusCode::FORBIDDEN,
+                    "only its author changes an annotation's text; reply instead".into(),
+                ));
+            }
+            s.modify(&id, |doc| model::set_annotation_text(doc, text))?;
+        }
+        if let Some(resolved) = patch.resolved {
+            s.modify(&id, |doc| model::set_resolved(doc, resolved, &by))?;
+        }
+        annotation_view(s, &target, &id)
+    })
+    .await?;
+    Ok(Json(value))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewReply {
+    text: String,
+}
+
+/// `POST /api/v1/documents/{id}/annotations/{aid}/replies {"text"}`.
+async fn reply_to_annotation(
+    State(state): State<AppState>,
+    Path((id, aid)): Path<(String, String)>,
+    actor: Option<Extension<Arc<Actor>>>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<JsonValue>)> {
+    let (target, id) = (parse_id(&id)?, parse_id(&aid)?);
+    let reply: NewReply = parse_body(&body)?;
+    let actor = actor.map(|Extension(a)| a);
+    let reader = reader(&actor);
+    let by = reader.clone().unwrap_or_else(|| state.net.id().to_string());
+    let value = with_store_as(&state, actor, move |s| {
+        readable_annotation(s, &target, &id, reader.as_deref())?;
+        s.modify(&id, |doc| model::add_reply(doc, &by, &reply.text))?;
+        annotation_view(s, &target, &id)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(value)))
 }

@@ -163,6 +163,17 @@ pub enum ModelError {
         end: usize,
         len: usize,
     },
+    #[error(
+        "offset {offset} falls inside the character {character:?}, which spans offsets \
+         {from}..{to} (offsets count Unicode scalar values; a character such as a letter \
+         with its marks is not split): use {from} or {to}"
+    )]
+    InsideCharacter {
+        offset: usize,
+        character: String,
+        from: usize,
+        to: usize,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("automerge: {0}")]
@@ -534,7 +545,9 @@ pub fn read_header(doc: &Automerge) -> Result<Header, ModelError> {
         Kind::Document => get_str(doc, ROOT, "secrecy").is_some_and(|s| !s.trim().is_empty()),
         Kind::Annotation => {
             let visibility = get_str(doc, ROOT, "visibility");
-            let shared = matches!(visibility.as_deref(), Some("audience" | "shared"));
+            // Private notes and notes shared with named people stay on the nodes of the
+            // author's unit; only those for the document's whole audience travel.
+            let shared = visibility.as_deref() == Some("audience");
             !shared || get_bool(doc, ROOT, "confidential").unwrap_or(false)
         }
         Kind::Register => true,
@@ -668,6 +681,9 @@ pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(),
                 delete: s.delete,
             });
         }
+        let text = doc.text(&body)?;
+        check_boundary(&text, s.pos)?;
+        check_boundary(&text, s.pos + s.delete)?;
     }
     if patch.body.is_some() && patch.body_splice.is_some() {
         return Err(ModelError::Invalid(
@@ -844,9 +860,25 @@ pub fn to_json(id: &DocId, doc: &Automerge) -> Result<Json, ModelError> {
         }
         Kind::Register => crate::lifecycle::register_json_fields(doc, obj),
         Kind::Annotation => {
-            for key in ["target", "text", "author", "visibility"] {
+            for key in [
+                "target",
+                "text",
+                "author",
+                "visibility",
+                "resolved_by",
+                "resolved_at",
+            ] {
                 obj.insert(key.into(), json!(get_str(doc, ROOT, key)));
             }
+            let replies = At::now(doc).json(&ROOT, "replies".into());
+            obj.insert(
+                "replies".into(),
+                if replies.is_array() {
+                    replies
+                } else {
+                    json!([])
+                },
+            );
             obj.insert(
                 "shared_with".into(),
                 json!(get_str_list(doc, ROOT, "shared_with").unwrap_or_default()),
@@ -1161,6 +1193,7 @@ pub fn create_annotation(
     expect_kind(target, Kind::Document)?;
     // A note on a secret document is as secret as the document.
     let target_secret = read_header(target)?.confidential;
+    check_annotation_input(input)?;
     let anchor = match input.anchor {
         Some(a) => {
             let body = body_obj(target)?;
@@ -1172,6 +1205,9 @@ pub fn create_annotation(
                     len,
                 });
             }
+            let text = target.text(&body)?;
+            check_boundary(&text, a.start)?;
+            check_boundary(&text, a.end)?;
             // The start cursor sticks to the first annotated character and the `last`
             // cursor to the last one, so text typed inside the range stays inside it and
             // text typed just before or after it stays out. If its first character is
@@ -1228,6 +1264,122 @@ pub fn create_annotation(
     tx.put(ROOT, "resolved", false)?;
     commit(tx);
     Ok(doc)
+}
+
+/// The most people an annotation is shared with by name.
+pub const MAX_SHARED_WITH: usize = 64;
+
+fn check_annotation_input(input: &NewAnnotation) -> Result<(), ModelError> {
+    if input.text.trim().is_empty() {
+        return Err(ModelError::Invalid("an annotation needs some text".into()));
+    }
+    match input.visibility {
+        Visibility::Shared if input.shared_with.is_empty() => Err(ModelError::Invalid(
+            "visibility \"shared\" needs shared_with: the sign-in names of the people who \
+             may read it"
+                .into(),
+        )),
+        Visibility::Shared if input.shared_with.len() > MAX_SHARED_WITH => Err(
+            ModelError::Invalid(format!("share with at most {MAX_SHARED_WITH} people")),
+        ),
+        Visibility::Private | Visibility::Audience if !input.shared_with.is_empty() => Err(
+            ModelError::Invalid("shared_with goes with visibility \"shared\" only".into()),
+        ),
+        _ if input.shared_with.iter().any(|n| n.trim().is_empty()) => Err(ModelError::Invalid(
+            "shared_with lists an empty name".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses an offset that splits a character: a letter and the marks composed on it
+/// (an extended grapheme cluster, such as `ệ` written as `e` + U+0323 + U+0302 in NFD)
+/// are one character, and only the offsets before and after it are places in the text.
+pub fn check_boundary(text: &str, offset: usize) -> Result<(), ModelError> {
+    use unicode_segmentation::UnicodeSegmentation;
+    let mut at = 0;
+    for g in text.graphemes(true) {
+        let len = g.chars().count();
+        if offset > at && offset < at + len {
+            return Err(ModelError::InsideCharacter {
+                offset,
+                character: g.to_string(),
+                from: at,
+                to: at + len,
+            });
+        }
+        if at >= offset {
+            break;
+        }
+        at += len;
+    }
+    Ok(())
+}
+
+/// Adds a reply to an annotation.
+pub fn add_reply(doc: &mut Automerge, author: &str, text: &str) -> Result<(), ModelError> {
+    expect_kind(doc, Kind::Annotation)?;
+    if text.trim().is_empty() {
+        return Err(ModelError::Invalid("a reply needs some text".into()));
+    }
+    let mut tx = doc.transaction();
+    let list = list_or_new(&mut tx, "replies")?;
+    let at = tx.length(&list);
+    let reply = tx.insert_object(&list, at, ObjType::Map)?;
+    tx.put(&reply, "author", author)?;
+    tx.put(&reply, "text", text)?;
+    tx.put(&reply, "at", now_vietnam())?;
+    commit(tx);
+    Ok(())
+}
+
+/// Marks an annotation resolved (or open again), with who and when.
+pub fn set_resolved(doc: &mut Automerge, resolved: bool, by: &str) -> Result<(), ModelError> {
+    expect_kind(doc, Kind::Annotation)?;
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "resolved", resolved)?;
+    if resolved {
+        tx.put(ROOT, "resolved_by", by)?;
+        tx.put(ROOT, "resolved_at", now_vietnam())?;
+    } else {
+        tx.delete(ROOT, "resolved_by")?;
+        tx.delete(ROOT, "resolved_at")?;
+    }
+    commit(tx);
+    Ok(())
+}
+
+/// Changes an annotation's text.
+pub fn set_annotation_text(doc: &mut Automerge, text: &str) -> Result<(), ModelError> {
+    expect_kind(doc, Kind::Annotation)?;
+    if text.trim().is_empty() {
+        return Err(ModelError::Invalid("an annotation needs some text".into()));
+    }
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "text", text)?;
+    commit(tx);
+    Ok(())
+}
+
+/// Whether `reader` (a sign-in name; `None` in setup mode, before any user exists) may
+/// read an annotation, given its JSON: a private one only its author, one shared with
+/// named people its author and those people, one for the audience everyone who sees
+/// the document.
+pub fn may_read_annotation(annotation: &Json, reader: Option<&str>) -> bool {
+    let Some(reader) = reader else {
+        return true;
+    };
+    let author = annotation["author"].as_str() == Some(reader);
+    match annotation["visibility"].as_str() {
+        Some("audience") => true,
+        Some("shared") => {
+            author
+                || annotation["shared_with"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|n| n.as_str() == Some(reader)))
+        }
+        _ => author,
+    }
 }
 
 /// An annotation's JSON with its anchor resolved against the target's current body.
@@ -1341,6 +1493,39 @@ mod tests {
             get_str(&restored, ROOT, "subject").unwrap(),
             "Kế hoạch (sửa)"
         );
+    }
+
+    #[test]
+    fn offsets_split_no_character_in_either_form() {
+        let nfc = "Việt";
+        let nfd = "Vie\u{323}\u{302}t";
+        for offset in 0..=4 {
+            assert!(check_boundary(nfc, offset).is_ok(), "NFC {offset}");
+        }
+        for ok in [0, 1, 2, 5, 6] {
+            assert!(check_boundary(nfd, ok).is_ok(), "NFD {ok}");
+        }
+        for inside in [3, 4] {
+            let err = check_boundary(nfd, inside).unwrap_err();
+            assert!(
+                matches!(err, ModelError::InsideCharacter { from: 2, to: 5, .. }),
+                "{err}"
+            );
+        }
+        // Past the end is the range check's to report, not this one's.
+        assert!(check_boundary(nfd, 9).is_ok());
+    }
+
+    #[test]
+    fn a_note_is_read_by_those_its_visibility_names() {
+        let note = |visibility: &str, shared: &[&str]| json!({ "author": "a", "visibility": visibility, "shared_with": shared });
+        assert!(may_read_annotation(&note("private", &[]), Some("a")));
+        assert!(!may_read_annotation(&note("private", &[]), Some("b")));
+        assert!(may_read_annotation(&note("shared", &["b"]), Some("b")));
+        assert!(!may_read_annotation(&note("shared", &["b"]), Some("c")));
+        assert!(may_read_annotation(&note("audience", &[]), Some("c")));
+        // Setup mode, before any user exists: the node's own loopback reads everything.
+        assert!(may_read_annotation(&note("private", &[]), None));
     }
 
     #[test]
