@@ -115,10 +115,7 @@ fn an_annotation_on_an_nfd_word_stays_on_it_through_concurrent_edits() {
     );
     sites.r.start();
 
-    let expected = format!(
-        "Chương I. {}",
-        body.replacen(&word, "Vi\u{1EC7}t", 1)
-    );
+    let expected = format!("Chương I. {}", body.replacen(&word, "Vi\u{1EC7}t", 1));
     let converged = |node: &scenario::Process| -> Option<(Value, Value)> {
         let doc = node.get(&path);
         (doc["body"] == expected.as_str()).then_some(())?;

@@ -117,6 +117,38 @@ fn imported_documents_reach_the_other_commune_through_the_relay() {
             .iter()
             .any(|d| d["number"] == "1665")
     );
+    // Every imported document is found on B by its subject typed without diacritics,
+    // with the subject's words marked in its own spelling.
+    for doc in &on_a {
+        let subject = doc["subject"].as_str().unwrap();
+        let words: Vec<String> = without_diacritics(subject)
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .take(12)
+            .map(str::to_string)
+            .collect();
+        let q = words.join("%20");
+        let found = sites.b.get(&format!("/api/v1/documents?q={q}"));
+        let hit = found["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == doc["id"])
+            .unwrap_or_else(|| panic!("{q:?} does not find {subject:?}: {found}"));
+        let snippet = hit["search"]["snippets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["field"] == "subject")
+            .unwrap_or_else(|| panic!("no subject snippet for {q:?}: {hit}"));
+        let text: Vec<char> = snippet["text"].as_str().unwrap().chars().collect();
+        let first = &snippet["marks"][0];
+        let marked: String = text
+            [first[0].as_u64().unwrap() as usize..first[1].as_u64().unwrap() as usize]
+            .iter()
+            .collect();
+        assert_eq!(without_diacritics(&marked), words[0], "{snippet}");
+    }
 
     let status = sites.b.get("/api/v1/status");
     assert_eq!(status["unit"], UNIT_B);
@@ -125,4 +157,19 @@ fn imported_documents_reach_the_other_commune_through_the_relay() {
     assert_eq!(peer["id"], sites.r.id.as_str());
     assert_eq!(peer["connected"], true);
     assert!(peer["last_sync"].is_string());
+}
+
+/// What a clerk types without Vietnamese diacritics: marks dropped, `đ` as `d`, lower
+/// case.
+fn without_diacritics(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::char::is_combining_mark;
+    s.nfd()
+        .filter(|c| !is_combining_mark(*c))
+        .map(|c| match c {
+            'đ' | 'Đ' => 'd',
+            c => c,
+        })
+        .collect::<String>()
+        .to_lowercase()
 }

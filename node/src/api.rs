@@ -509,9 +509,13 @@ struct ListQuery {
 
 async fn list_documents(
     State(state): State<AppState>,
+    actor: Option<Extension<Arc<Actor>>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<JsonValue>> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if query.q.is_some() {
+        return search_documents(state, reader(&actor.map(|Extension(a)| a)), query).await;
+    }
     let limit = query.limit.unwrap_or(MAX_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request(format!(
@@ -552,6 +556,64 @@ async fn list_documents(
 }
 
 /// A secret document (độ mật) stays on its unit's nodes, so its audience is its unit.
+/// `GET /api/v1/documents?q=TEXT`: documents ranked by how well they match, each with
+/// `"search": {"rank", "snippets"}`; pages are named by `next` tokens of the form `o:N`.
+async fn search_documents(
+    state: AppState,
+    reader: Option<String>,
+    query: ListQuery,
+) -> ApiResult<Json<JsonValue>> {
+    let limit = query.limit.unwrap_or(MAX_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let offset = match query.after.as_deref() {
+        Some(token) => token
+            .strip_prefix("o:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| ApiError::bad_request("after: not a token from a previous page"))?,
+        None => 0,
+    };
+    if let Some(d) = query.direction.as_deref()
+        && !matches!(d, "outgoing" | "incoming")
+    {
+        return Err(ApiError::bad_request(
+            "direction is \"outgoing\" or \"incoming\"",
+        ));
+    }
+    let text = query.q.unwrap_or_default();
+    let page = with_store(&state, move |s| {
+        let filter = sync_core::store::ListFilter {
+            state: query.state.as_deref(),
+            direction: query.direction.as_deref(),
+        };
+        let may_read = |note: &JsonValue| model::may_read_annotation(note, reader.as_deref());
+        let (hits, more) = s.search(
+            &text,
+            &may_read,
+            query.deleted.unwrap_or(false),
+            &filter,
+            offset,
+            limit,
+        )?;
+        let words = sync_core::search::query_words(&text);
+        let documents: Vec<JsonValue> = hits
+            .iter()
+            .map(|hit| {
+                let mut d = hit.document.clone();
+                d["search"] = sync_core::search::result_json(hit, &words);
+                d
+            })
+            .collect();
+        let next = more.then(|| format!("o:{}", offset + documents.len()));
+        Ok(json!({ "documents": documents, "next": next }))
+    })
+    .await?;
+    Ok(Json(page))
+}
+
 fn refuse_secret_audience(secret: bool, audience: &[String], unit: &str) -> ApiResult<()> {
     if secret && audience.iter().any(|u| u != unit) {
         return Err(ApiError::bad_request(

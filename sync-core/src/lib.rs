@@ -9,6 +9,7 @@
 //! - [`blobs`]: attachment files by BLAKE3 hash, verified and resumable transfers.
 //! - [`store`]: durable SQLite storage with sequence numbers, cursors, per-peer sync
 //!   states and a bounded document cache.
+//! - [`search`]: ranked full-text search results with highlighted snippets.
 //! - [`lifecycle`]: the steps of an official document, registers and numbering, and the
 //!   exchange of documents between units.
 //! - [`signature`]: signatures over document versions, checked offline.
@@ -38,6 +39,7 @@ pub mod policy;
 pub mod protocol;
 #[cfg(feature = "net")]
 pub mod roster;
+pub mod search;
 #[cfg(feature = "net")]
 pub mod service;
 pub mod signature;

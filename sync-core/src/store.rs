@@ -186,8 +186,9 @@ CREATE TABLE IF NOT EXISTS search_keys (
     n INTEGER PRIMARY KEY,
     record TEXT NOT NULL UNIQUE
 );
-CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
-    record UNINDEXED, text, tokenize = 'unicode61 remove_diacritics 2'
+CREATE VIRTUAL TABLE IF NOT EXISTS fulltext USING fts5(
+    record UNINDEXED, document UNINDEXED, subject, refs, body, notes,
+    tokenize = 'unicode61 remove_diacritics 2'
 );
 ";
 
@@ -239,7 +240,9 @@ impl Store {
                 params![k, v],
             )?;
         }
-        Self::from_conn(conn, path)
+        let store = Self::from_conn(conn, path)?;
+        store.migrate()?;
+        Ok(store)
     }
 
     /// Opens an initialised store.
@@ -252,7 +255,7 @@ impl Store {
         let conn = Connection::open(path)?;
         Self::configure(&conn)?;
         let store = Self::from_conn(conn, path)?;
-        store.migrate_record_json()?;
+        store.migrate()?;
         Ok(store)
     }
 
@@ -292,7 +295,6 @@ impl Store {
     pub fn in_memory(unit: &str) -> Result<Store, StoreError> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
-        migrate_search_index(&conn)?;
         let epoch = hex::encode(determinism::random_bytes::<16>());
         for (k, v) in [("epoch", epoch.as_str()), ("unit", unit), ("name", unit)] {
             conn.execute(
@@ -300,7 +302,9 @@ impl Store {
                 params![k, v],
             )?;
         }
-        Self::from_conn(conn, Path::new(":memory:"))
+        let store = Self::from_conn(conn, Path::new(":memory:"))?;
+        store.migrate()?;
+        Ok(store)
     }
 
     fn configure(conn: &Connection) -> Result<(), StoreError> {
@@ -308,8 +312,14 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
-        migrate_search_index(conn)?;
         Ok(())
+    }
+
+    /// Brings an older store's derived tables up to date (each step once): the JSON
+    /// kept with each record, then the search index built from it.
+    fn migrate(&self) -> Result<(), StoreError> {
+        self.migrate_record_json()?;
+        migrate_search_index(&self.conn)
     }
 
     fn from_conn(conn: Connection, path: &Path) -> Result<Store, StoreError> {
@@ -898,7 +908,8 @@ impl Store {
                {}
              ORDER BY id LIMIT ?4",
             if match_expr.is_some() {
-                "AND id IN (SELECT record FROM search WHERE search MATCH ?5)"
+                "AND id IN (SELECT document FROM fulltext
+                            WHERE fulltext MATCH ?5 AND record = document)"
             } else {
                 "AND ?5 IS NULL"
             }
@@ -959,6 +970,84 @@ impl Store {
             out.push(DocId::parse(&row?)?);
         }
         Ok(out)
+    }
+
+    /// Documents matching `query`, best first (FTS5's BM25 rank over subject, number
+    /// and notation, body and annotations, weighted in that order), after skipping
+    /// `offset`: each with its stored JSON and the annotations that matched. A note
+    /// counts only if `may_read_note` says the reader may read it (its stored JSON is
+    /// given). Returns whether more results follow.
+    pub fn search(
+        &self,
+        query: &str,
+        may_read_note: &dyn Fn(&Json) -> bool,
+        include_deleted: bool,
+        filter: &ListFilter<'_>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<crate::search::Hit>, bool), StoreError> {
+        let expr = fts_query(query);
+        if expr.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let rows: Vec<(String, String, f64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT record, document, bm25(fulltext, 0, 0, 10.0, 8.0, 1.0, 2.0) AS rank
+                 FROM fulltext WHERE fulltext MATCH ?1 ORDER BY rank LIMIT ?2",
+            )?
+            .query_map(params![expr, crate::search::MAX_MATCHES as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut hits: Vec<crate::search::Hit> = Vec::new();
+        let mut refused: HashSet<String> = HashSet::new();
+        let wanted = offset.saturating_add(limit);
+        for (record, document, rank) in rows {
+            if refused.contains(&document) {
+                continue;
+            }
+            let note = if record != document {
+                match self.stored_json(&DocId::parse(&record)?)? {
+                    Some(n) if n["deleted"] != true && may_read_note(&n) => Some(n),
+                    _ => continue,
+                }
+            } else {
+                None
+            };
+            if let Some(hit) = hits
+                .iter_mut()
+                .find(|h| h.document["id"] == document.as_str())
+            {
+                hit.notes.extend(note);
+                continue;
+            }
+            if hits.len() > wanted {
+                continue;
+            }
+            let doc = self.stored_json(&DocId::parse(&document)?)?;
+            let fits = doc.as_ref().is_some_and(|d| {
+                d["kind"] == "document"
+                    && (include_deleted || d["deleted"] != true)
+                    && filter.state.is_none_or(|s| d["state"] == s)
+                    && filter
+                        .direction
+                        .is_none_or(|dir| d["direction"].as_str().unwrap_or("outgoing") == dir)
+            });
+            match doc.filter(|_| fits) {
+                Some(d) => hits.push(crate::search::Hit {
+                    document: d,
+                    rank,
+                    notes: note.into_iter().collect(),
+                }),
+                None => {
+                    refused.insert(document);
+                }
+            }
+        }
+        let more = hits.len() > wanted;
+        let page = hits.into_iter().skip(offset).take(limit).collect();
+        Ok((page, more))
     }
 
     /// Documents that wait for a person's decision: a field with two values set at once,
@@ -1235,32 +1324,74 @@ fn index_for_search(conn: &Connection, id: &DocId, json: &Json) -> Result<(), St
     let n: i64 = conn
         .prepare_cached("SELECT n FROM search_keys WHERE record = ?1")?
         .query_row([id.as_str()], |r| r.get(0))?;
-    conn.prepare_cached("DELETE FROM search WHERE rowid = ?1")?
+    conn.prepare_cached("DELETE FROM fulltext WHERE rowid = ?1")?
         .execute([n])?;
-    if json["kind"] != "document" {
-        return Ok(());
-    }
-    let mut text = String::new();
-    for key in ["number", "notation", "type", "subject", "issuer", "body"] {
-        if let Some(s) = json[key].as_str() {
-            text.push_str(s);
-            text.push('\n');
+    let text = |keys: &[&str]| {
+        let mut out = String::new();
+        for key in keys {
+            if let Some(s) = json[*key].as_str() {
+                out.push_str(s);
+                out.push('\n');
+            }
         }
-    }
-    conn.prepare_cached("INSERT INTO search (rowid, record, text) VALUES (?1, ?2, ?3)")?
-        .execute(params![n, id.as_str(), fold_for_search(&text)])?;
+        fold_for_search(&out)
+    };
+    let (document, subject, refs, body, notes) = match json["kind"].as_str() {
+        Some("document") => (
+            id.as_str().to_string(),
+            text(&["type", "subject"]),
+            text(&["number", "notation", "issuer"]),
+            text(&["body"]),
+            String::new(),
+        ),
+        Some("annotation") if json["deleted"] != true => {
+            let Some(target) = json["target"].as_str() else {
+                return Ok(());
+            };
+            let mut notes = text(&["text"]);
+            for reply in json["replies"].as_array().into_iter().flatten() {
+                if let Some(t) = reply["text"].as_str() {
+                    notes.push_str(&fold_for_search(t));
+                    notes.push('\n');
+                }
+            }
+            (
+                target.to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                notes,
+            )
+        }
+        _ => return Ok(()),
+    };
+    conn.prepare_cached(
+        "INSERT INTO fulltext (rowid, record, document, subject, refs, body, notes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        n,
+        id.as_str(),
+        document,
+        subject,
+        refs,
+        body,
+        notes
+    ])?;
     Ok(())
 }
 
-/// Stores whose search index was keyed otherwise get it rebuilt once, keyed by rowid.
+/// Stores whose search index was built otherwise (keyed by record id, or one column
+/// for everything) get it rebuilt once from the records' JSON.
 fn migrate_search_index(conn: &Connection) -> Result<(), StoreError> {
     const KEY: &str = "search_index";
-    const VERSION: &str = "keys";
+    const VERSION: &str = "fields";
     if read_meta(conn, KEY)?.as_deref() == Some(VERSION) {
         return Ok(());
     }
     let tx = conn.unchecked_transaction()?;
-    tx.execute("DELETE FROM search", [])?;
+    tx.execute_batch("DROP TABLE IF EXISTS search")?;
+    tx.execute("DELETE FROM fulltext", [])?;
     tx.execute("DELETE FROM search_keys", [])?;
     {
         let mut stmt = tx.prepare("SELECT id, json FROM records")?;
@@ -1620,7 +1751,10 @@ mod tests {
         s.conn
             .execute_batch(
                 "DELETE FROM meta WHERE key = 'search_index';
+                 CREATE VIRTUAL TABLE search USING fts5(record UNINDEXED, text);
                  INSERT INTO search (rowid, record, text) VALUES (999, 'stale', 'ho chua');
+                 INSERT INTO fulltext (rowid, record, document, body)
+                   VALUES (999, 'stale', 'stale', 'ho chua');
                  VACUUM;",
             )
             .unwrap();
@@ -1629,9 +1763,101 @@ mod tests {
         assert_eq!(hits(&s, "ho chua"), 1);
         let rows: i64 = s
             .conn
-            .query_row("SELECT COUNT(*) FROM search", [], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM fulltext", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 1);
+        let old: i64 = s
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'search'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0, "the index of the old form is gone");
+    }
+
+    #[test]
+    fn a_search_ranks_subjects_first_and_finds_notes_only_for_their_readers() {
+        let mut s = Store::in_memory("18562").unwrap();
+        let in_subject = DocId::new();
+        s.put(&in_subject, new_doc("Điều 1."), &[]).unwrap();
+        let in_body = DocId::new();
+        let mut doc = new_doc("Giao Ban quản lý đê điều kiểm tra.");
+        model::update_document(
+            &mut doc,
+            &DocumentPatch {
+                subject: Some("Kế hoạch năm 2026".into()),
+                notation: Some("KH-UBND".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        s.put(&in_body, doc, &[]).unwrap();
+        let all = |_: &Json| true;
+        let (hits, more) = s
+            .search("de dieu", &all, false, &ListFilter::default(), 0, 10)
+            .unwrap();
+        assert!(!more);
+        let ids: Vec<&str> = hits
+            .iter()
+            .map(|h| h.document["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            [in_subject.as_str(), in_body.as_str()],
+            "subject before body"
+        );
+        assert!(hits[0].rank < hits[1].rank);
+        // The notation is searched too, and paging goes on from an offset.
+        let (hits, _) = s
+            .search("kh-ubnd", &all, false, &ListFilter::default(), 0, 10)
+            .unwrap();
+        assert_eq!(hits.len(), 1);
+        let (page, more) = s
+            .search("de", &all, false, &ListFilter::default(), 0, 1)
+            .unwrap();
+        assert!(more && page.len() == 1);
+        let (rest, more) = s
+            .search("de", &all, false, &ListFilter::default(), 1, 1)
+            .unwrap();
+        assert!(!more && rest[0].document["id"] != page[0].document["id"]);
+
+        // A private note's words find its document for the note's reader only.
+        let mut h = header();
+        h.kind = Kind::Annotation;
+        let note = model::create_annotation(
+            &h,
+            &in_body,
+            s.get(&in_body).unwrap().unwrap(),
+            &model::NewAnnotation {
+                text: "cần bổ sung kinh phí".into(),
+                anchor: None,
+                visibility: model::Visibility::Private,
+                shared_with: vec![],
+                author: Some("chu.tich".into()),
+            },
+        )
+        .unwrap();
+        s.put(&DocId::new(), note, &[]).unwrap();
+        let author = |n: &Json| model::may_read_annotation(n, Some("chu.tich"));
+        let other = |n: &Json| model::may_read_annotation(n, Some("van.thu"));
+        let f = ListFilter::default();
+        let (hits, _) = s.search("kinh phi", &author, false, &f, 0, 10).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].notes.len(), 1);
+        assert!(
+            s.search("kinh phi", &other, false, &f, 0, 10)
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        // The id-ordered listing never matches on notes.
+        assert!(
+            s.list(Some(Kind::Document), Some("kinh phi"), None, 10, false)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
