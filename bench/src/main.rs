@@ -72,6 +72,28 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// One attachment A → B over iroh: throughput against the disk's, and what a resume
+    /// after B stops half-way sends again.
+    Attachment {
+        /// Size of the file, MiB.
+        #[arg(long, default_value_t = 200)]
+        mib: u64,
+        /// Runs; the median of each figure is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Search latency over the imported corpus (and over copies of it).
+    Search {
+        /// The real documents, imported as `cabinet-node import` does.
+        #[arg(long, default_value_os_t = default_documents())]
+        corpus: PathBuf,
+        /// Copies of the corpus in the larger store (each copy is its own documents).
+        #[arg(long, default_value_t = 300)]
+        copies: usize,
+        /// Times each query is run; the median and the 99th percentile are reported.
+        #[arg(long, default_value_t = 200)]
+        repeat: usize,
+    },
 }
 
 fn default_documents() -> PathBuf {
@@ -504,9 +526,277 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Bytes that do not compress, the same on every run.
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Sequential write of `data` to a new file in `dir`, synced: what the disk allows.
+fn disk_write(dir: &std::path::Path, data: &[u8]) -> anyhow::Result<Duration> {
+    use std::io::Write;
+    let path = dir.join("disk-probe");
+    let started = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    for chunk in data.chunks(1 << 20) {
+        f.write_all(chunk)?;
+    }
+    f.sync_all()?;
+    let took = started.elapsed();
+    std::fs::remove_file(path)?;
+    Ok(took)
+}
+
+struct AttachmentRun {
+    disk: Duration,
+    whole: Duration,
+    resent: u64,
+}
+
+/// A's document lists a file of `data`; B syncs it from A over iroh, once whole and once
+/// stopped half-way and restarted.
+async fn attachment(data: &[u8]) -> anyhow::Result<AttachmentRun> {
+    let dir = tempfile::tempdir()?;
+    let disk = disk_write(dir.path(), data)?;
+    let (a, b, roster) = two_nodes(dir.path())?;
+    let (hash, size) = tokio::task::block_in_place(|| a.blobs.import(data))?;
+    let attachment = model::Attachment {
+        hash: hash.to_hex().to_string(),
+        name: "scan.pdf".into(),
+        size,
+        media_type: "application/pdf".into(),
+        added_by: None,
+        added_at: None,
+    };
+    let mut doc = model::create_document(&shared_header(), &DocumentPatch::default())?;
+    model::add_attachment(&mut doc, &attachment)?;
+    put(&a.store, &DocId::new(), doc)?;
+    let net_a = start_net(&a, None, &roster).await?;
+    let dial = PeerAddr {
+        id: net_a.id(),
+        addr: net_a.bound_sockets()[0],
+    };
+    let complete = |p: &Peer| p.blobs.state(&hash) == sync_core::blobs::BlobState::Complete;
+
+    // Whole: from B's start to the file verified and in place.
+    let started = Instant::now();
+    let net_b = start_net(&b, Some(dial.clone()), &roster).await?;
+    while !complete(&b) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let whole = started.elapsed();
+    net_b.shutdown().await;
+
+    // Resume: a second receiver stops at half and starts again.
+    let c = Peer {
+        key: iroh::SecretKey::generate(),
+        store: service::share(Store::create(&dir.path().join("c.db"), "18568", "C")?),
+        blobs: std::sync::Arc::new(Blobs::open(&dir.path().join("c-attachments"))?),
+        unit: "18568",
+    };
+    let roster = Roster::parse(&format!(
+        "[[member]]\nid = \"{}\"\nunit = \"18562\"\nrole = \"node\"\n\
+         [[member]]\nid = \"{}\"\nunit = \"18568\"\nrole = \"node\"\n",
+        a.key.public(),
+        c.key.public()
+    ))
+    .map_err(anyhow::Error::msg)?;
+    net_a.shutdown().await;
+    let net_a = start_net(&a, None, &roster).await?;
+    let dial = PeerAddr {
+        id: net_a.id(),
+        addr: net_a.bound_sockets()[0],
+    };
+    let sent_before = a
+        .blobs
+        .counters
+        .bytes_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let net_c = start_net(&c, Some(dial.clone()), &roster).await?;
+    loop {
+        if let sync_core::blobs::BlobState::Partial(n) = c.blobs.state(&hash)
+            && n >= size / 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    net_c.shutdown().await;
+    drop(net_c);
+    let net_c = start_net(&c, Some(dial), &roster).await?;
+    while !complete(&c) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let sent = a
+        .blobs
+        .counters
+        .bytes_sent
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - sent_before;
+    net_c.shutdown().await;
+    net_a.shutdown().await;
+    Ok(AttachmentRun {
+        disk,
+        whole,
+        resent: sent.saturating_sub(size),
+    })
+}
+
+/// The corpus imported as `cabinet-node import` reads it, `copies` times.
+fn imported_store(corpus: &PathBuf, copies: usize) -> anyhow::Result<(Store, Vec<String>)> {
+    let mut store = Store::in_memory("18562")?;
+    let mut subjects = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(corpus)
+        .with_context(|| format!("cannot read {}", corpus.display()))?
+        .collect::<Result<_, _>>()?;
+    files.sort_by_key(|e| e.path());
+    let mut parsed = Vec::new();
+    for f in files {
+        let path = f.path();
+        let text = std::fs::read_to_string(&path)?;
+        let doc = if path.extension().is_some_and(|e| e == "csv") {
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            sync_core::import::parse_table(&text, stem)
+        } else {
+            sync_core::import::parse_document(&text)
+        };
+        if let Ok(d) = doc {
+            subjects.extend(d.subject.clone());
+            parsed.push(d);
+        }
+    }
+    store.batch(|s| {
+        for _ in 0..copies {
+            for d in &parsed {
+                let patch = DocumentPatch {
+                    doc_type: d.doc_type.clone(),
+                    number: d.number.clone(),
+                    notation: d.notation.clone(),
+                    issuer: d.issuer.clone(),
+                    subject: d.subject.clone(),
+                    body: Some(d.body.clone()),
+                    imported: true,
+                    ..Default::default()
+                };
+                let header = Header {
+                    audience: vec!["18562".into()],
+                    ..shared_header()
+                };
+                s.put(&DocId::new(), model::create_document(&header, &patch)?, &[])?;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok((store, subjects))
+}
+
+/// What a clerk types without diacritics.
+fn plain(s: &str) -> String {
+    sync_core::store::fold_for_search(s).to_lowercase()
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn search_bench(corpus: &PathBuf, copies: usize, repeat: usize) -> anyhow::Result<()> {
+    for copies in [1, copies] {
+        let started = Instant::now();
+        let (store, subjects) = imported_store(corpus, copies)?;
+        let documents = store.count()?;
+        println!(
+            "{documents} documents ({copies} × the corpus) imported and indexed in {:.2?}",
+            started.elapsed()
+        );
+        let mut queries: Vec<String> = vec![
+            "quyet dinh".into(),
+            "ha tinh".into(),
+            "sap xep don vi hanh chinh cap xa".into(),
+            "nghi quyet uy ban thuong vu quoc hoi".into(),
+            "đ".into(),
+            "nq-ubtvqh15".into(),
+        ];
+        // A subject typed in full without diacritics, as a clerk looks for one document.
+        queries.extend(subjects.first().map(|s| plain(s)));
+        println!(
+            "{:<48} {:>8} {:>10} {:>10}",
+            "query (first page of 20, with snippets)", "results", "median", "p99"
+        );
+        let all = |_: &serde_json::Value| true;
+        for q in &queries {
+            let words = sync_core::search::query_words(q);
+            let mut times = Vec::with_capacity(repeat);
+            let mut found = 0;
+            let mut more = false;
+            for _ in 0..repeat {
+                let t = Instant::now();
+                let (hits, m) = store.search(q, &all, false, &Default::default(), 0, 20)?;
+                for h in &hits {
+                    std::hint::black_box(sync_core::search::result_json(h, &words));
+                }
+                times.push(t.elapsed());
+                found = hits.len();
+                more = m;
+            }
+            let shown: String = q.chars().take(46).collect();
+            println!(
+                "{shown:<48} {:>8} {:>10.2?} {:>10.2?}",
+                format!("{found}{}", if more { "+" } else { "" }),
+                percentile(times.clone(), 0.5),
+                percentile(times, 0.99)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Attachment { mib, runs } => {
+            let data = incompressible((mib << 20) as usize);
+            println!("attachment: {mib} MiB, A→B over iroh loopback, {runs} runs");
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let mut all = Vec::new();
+            for _ in 0..runs {
+                all.push(runtime.block_on(attachment(&data))?);
+            }
+            let rate = |d: Duration| mib as f64 / d.as_secs_f64();
+            let disk = median(all.iter().map(|r| r.disk).collect());
+            let whole = median(all.iter().map(|r| r.whole).collect());
+            let mut resent: Vec<u64> = all.iter().map(|r| r.resent).collect();
+            resent.sort();
+            let resent = resent[resent.len() / 2];
+            println!(
+                "disk, sequential write + fsync: {disk:.2?} ({:.0} MiB/s)",
+                rate(disk)
+            );
+            println!(
+                "Cabinet, B fetches and verifies the whole file: {whole:.2?} ({:.0} MiB/s, {:.0}% of the disk)",
+                rate(whole),
+                100.0 * disk.as_secs_f64() / whole.as_secs_f64()
+            );
+            println!(
+                "resume after stopping half-way: {resent} bytes sent beyond the file once ({:.2}%, bao hashes included)",
+                100.0 * resent as f64 / (mib << 20) as f64
+            );
+        }
+        Command::Search {
+            corpus,
+            copies,
+            repeat,
+        } => search_bench(&corpus, copies, repeat)?,
         Command::Reconnect {
             documents,
             changed,

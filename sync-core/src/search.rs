@@ -2,9 +2,10 @@
 //! that matched, in the document's own text (its diacritics, its NFC or NFD form), with
 //! the matched words marked by their offsets in Unicode scalar values.
 //!
-//! Matching and ranking are FTS5's (see `Store::search`); a word here is marked when
-//! its folded form (see [`crate::store::fold_for_search`]) begins with a folded query
-//! word, which is how the index matched it.
+//! Matching and ranking are FTS5's (see `Store::search`: every query word matches a
+//! word of the text, the last one as a prefix); a word here is marked when its folded
+//! form (see [`crate::store::fold_for_search`]) is a folded query word, or begins with
+//! the last one.
 
 use serde_json::{Value as Json, json};
 
@@ -46,7 +47,12 @@ pub fn highlight(text: &str, words: &[String]) -> Option<Json> {
     let chars: Vec<char> = text.chars().collect();
     let mut marks: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
-    while i < chars.len() {
+    // Past the end of the window the first match opens, nothing more is shown.
+    while i < chars.len()
+        && marks
+            .first()
+            .is_none_or(|(first, _)| i < first + SNIPPET_CHARS)
+    {
         if !is_word_char(chars[i]) {
             i += 1;
             continue;
@@ -55,9 +61,23 @@ pub fn highlight(text: &str, words: &[String]) -> Option<Json> {
         while i < chars.len() && is_word_char(chars[i]) {
             i += 1;
         }
+        // Cheap test first: a folded word starts with the folded form of its first
+        // letter, so most words are ruled out without folding them.
+        let initial = fold_for_search(&chars[start].to_string()).to_lowercase();
+        if !words
+            .iter()
+            .any(|w| w.starts_with(initial.as_str()) || initial.is_empty())
+        {
+            continue;
+        }
         let word: String = chars[start..i].iter().collect();
         let folded = fold_for_search(&word).to_lowercase();
-        if words.iter().any(|w| folded.starts_with(w.as_str())) {
+        let last = words.len() - 1;
+        if words
+            .iter()
+            .enumerate()
+            .any(|(n, w)| folded == *w || (n == last && folded.starts_with(w.as_str())))
+        {
             marks.push((start, i));
         }
     }

@@ -990,20 +990,40 @@ impl Store {
         if expr.is_empty() {
             return Ok((Vec::new(), false));
         }
-        let rows: Vec<(String, String, f64)> = self
-            .conn
-            .prepare_cached(
-                "SELECT record, document, bm25(fulltext, 0, 0, 10.0, 8.0, 1.0, 2.0) AS rank
-                 FROM fulltext WHERE fulltext MATCH ?1 ORDER BY rank LIMIT ?2",
-            )?
-            .query_map(params![expr, crate::search::MAX_MATCHES as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<Result<_, _>>()?;
         let mut hits: Vec<crate::search::Hit> = Vec::new();
         let mut refused: HashSet<String> = HashSet::new();
         let wanted = offset.saturating_add(limit);
-        for (record, document, rank) in rows {
+        // Rows are read in ranked slices until the page (and one more) is filled: most
+        // searches look at the first slice only.
+        let slice = (4 * (wanted + 1)).max(64);
+        let mut rows: Vec<(String, String, f64)> = Vec::new();
+        let mut read = 0;
+        let mut next = 0;
+        loop {
+            if next == rows.len() {
+                if hits.len() > wanted || read >= crate::search::MAX_MATCHES {
+                    break;
+                }
+                rows = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT record, document, bm25(fulltext, 0, 0, 10.0, 8.0, 1.0, 2.0)
+                           AS rank
+                         FROM fulltext WHERE fulltext MATCH ?1 ORDER BY rank
+                         LIMIT ?2 OFFSET ?3",
+                    )?
+                    .query_map(params![expr, slice as i64, read as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                next = 0;
+                read += rows.len();
+                if rows.is_empty() {
+                    break;
+                }
+            }
+            let (record, document, rank) = rows[next].clone();
+            next += 1;
             if refused.contains(&document) {
                 continue;
             }
@@ -1487,13 +1507,22 @@ pub fn fold_for_search(text: &str) -> String {
         .collect()
 }
 
-/// Turns what a clerk typed into an FTS5 expression: every word must match, as a prefix
-/// of a word in the text. Quotes keep FTS5 syntax characters from being interpreted.
+/// Turns what a clerk typed into an FTS5 expression: every word must match a word of
+/// the text, the last one as a prefix (it may be still being typed). Quotes keep FTS5
+/// syntax characters from being interpreted.
 fn fts_query(q: &str) -> String {
-    fold_for_search(q)
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(|w| format!("\"{w}\"*"))
+    let words: Vec<String> = crate::search::query_words(q);
+    let last = words.len().saturating_sub(1);
+    words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i == last {
+                format!("\"{w}\"*")
+            } else {
+                format!("\"{w}\"")
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
