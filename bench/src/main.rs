@@ -555,7 +555,51 @@ fn disk_write(dir: &std::path::Path, data: &[u8]) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
+/// The transport's ceiling: `data` pushed over one plain iroh QUIC stream on loopback,
+/// nothing verified or stored.
+async fn raw_stream(data: &[u8]) -> anyhow::Result<Duration> {
+    use iroh::endpoint::presets;
+    const ALPN: &[u8] = b"cabinet-bench/raw";
+    let bind = |key: iroh::SecretKey| async move {
+        iroh::Endpoint::builder(presets::Minimal)
+            .secret_key(key)
+            .alpns(vec![ALPN.to_vec()])
+            .clear_ip_transports()
+            .bind_addr("127.0.0.1:0".parse::<std::net::SocketAddr>()?)?
+            .bind()
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    let server = bind(iroh::SecretKey::generate()).await?;
+    let client = bind(iroh::SecretKey::generate()).await?;
+    let addr = iroh::EndpointAddr::new(server.id()).with_ip_addr(server.bound_sockets()[0]);
+    let receiving = tokio::spawn(async move {
+        let conn = server.accept().await.expect("a connection").await?;
+        let (_send, mut recv) = conn.accept_bi().await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0usize;
+        while let Some(k) = recv.read(&mut buf).await? {
+            n += k;
+        }
+        conn.close(0u32.into(), b"done");
+        Ok::<_, anyhow::Error>(n)
+    });
+    let started = Instant::now();
+    let conn = client.connect(addr, ALPN).await?;
+    let (mut send, _recv) = conn.open_bi().await?;
+    for chunk in data.chunks(1 << 20) {
+        send.write_all(chunk).await?;
+    }
+    send.finish()?;
+    let got = receiving.await??;
+    let took = started.elapsed();
+    anyhow::ensure!(got == data.len(), "the raw stream lost bytes");
+    client.close().await;
+    Ok(took)
+}
+
 struct AttachmentRun {
+    raw: Duration,
     disk: Duration,
     whole: Duration,
     resent: u64,
@@ -566,6 +610,7 @@ struct AttachmentRun {
 async fn attachment(data: &[u8]) -> anyhow::Result<AttachmentRun> {
     let dir = tempfile::tempdir()?;
     let disk = disk_write(dir.path(), data)?;
+    let raw = raw_stream(data).await?;
     let (a, b, roster) = two_nodes(dir.path())?;
     let (hash, size) = tokio::task::block_in_place(|| a.blobs.import(data))?;
     let attachment = model::Attachment {
@@ -644,6 +689,7 @@ async fn attachment(data: &[u8]) -> anyhow::Result<AttachmentRun> {
     net_c.shutdown().await;
     net_a.shutdown().await;
     Ok(AttachmentRun {
+        raw,
         disk,
         whole,
         resent: sent.saturating_sub(size),
@@ -782,10 +828,16 @@ fn main() -> anyhow::Result<()> {
                 "disk, sequential write + fsync: {disk:.2?} ({:.0} MiB/s)",
                 rate(disk)
             );
+            let raw = median(all.iter().map(|r| r.raw).collect());
             println!(
-                "Cabinet, B fetches and verifies the whole file: {whole:.2?} ({:.0} MiB/s, {:.0}% of the disk)",
+                "one plain iroh QUIC stream, nothing verified or stored: {raw:.2?} ({:.0} MiB/s)",
+                rate(raw)
+            );
+            println!(
+                "Cabinet, B fetches and verifies the whole file: {whole:.2?} ({:.0} MiB/s, {:.0}% of the disk, {:.0}% of the plain stream)",
                 rate(whole),
-                100.0 * disk.as_secs_f64() / whole.as_secs_f64()
+                100.0 * disk.as_secs_f64() / whole.as_secs_f64(),
+                100.0 * raw.as_secs_f64() / whole.as_secs_f64()
             );
             println!(
                 "resume after stopping half-way: {resent} bytes sent beyond the file once ({:.2}%, bao hashes included)",

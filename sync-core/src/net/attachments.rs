@@ -128,7 +128,7 @@ async fn serve_one(
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut out =
-            std::io::BufWriter::with_capacity(1 << 16, SyncIoBridge::new_with_handle(send, handle));
+            std::io::BufWriter::with_capacity(1 << 20, SyncIoBridge::new_with_handle(send, handle));
         blobs.serve(&hash, start, &mut out)?;
         out.flush()?;
         let mut bridge = out.into_inner().map_err(|e| e.into_error())?;
