@@ -250,4 +250,29 @@ fn who_may_read_a_note_holds_on_the_node_and_over_sync() {
         let list = sites.a.get(&notes)["annotations"].clone();
         (list[0]["replies"][0]["text"] == "Xã Lộc Hà thống nhất").then_some(())
     });
+
+    // A user of B with the same sign-in name as A's chairman is someone else: B's
+    // "chu.tich" does not change the chairman's note, and reads only what B may.
+    sites
+        .b
+        .add_user("chu.tich", "leader", "Phạm Văn Đông", "Chủ tịch");
+    let refused = {
+        sites.b.act_as(Some("chu.tich"));
+        sites
+            .b
+            .try_patch(&format!("{notes}/{everyone}"), &json!({ "text": "đã sửa" }))
+            .unwrap()
+    };
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(seen(&mut sites.b, Some("chu.tich")), vec![everyone.clone()]);
+    sites.a.act_as(Some("chu.tich"));
+    assert_eq!(
+        sites.a.get(&notes)["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == everyone.as_str())
+            .unwrap()["text"],
+        "góp ý chung"
+    );
 }

@@ -56,6 +56,26 @@ fn a_large_attachment_resumes_after_the_receiver_is_killed() {
     assert_eq!(uploaded.body["attachment"]["hash"], hash.as_str());
     assert_eq!(uploaded.body["attachment"]["size"], SIZE);
     assert_eq!(uploaded.body["attachment"]["status"], "complete");
+    // Refused, changing nothing: the same file again (under any name), an empty file, a
+    // name with a text-direction override, no name.
+    let files = format!("/api/v1/documents/{id}/attachments");
+    for (query, body, status) in [
+        ("?name=ban-sao.pdf", &bytes[..], 409),
+        ("?name=trong.pdf", &b""[..], 400),
+        ("?name=a%E2%80%AEfdp.exe", &b"x"[..], 400),
+        ("", &b"x"[..], 400),
+    ] {
+        let r = sites
+            .a
+            .try_upload(&format!("{files}{query}"), body, "application/pdf")
+            .unwrap();
+        assert_eq!(r.status, status, "{query}: {}", r.body);
+        assert!(r.body["error"].is_string(), "{}", r.body);
+    }
+    assert_eq!(
+        sites.a.get(&files)["attachments"].as_array().unwrap().len(),
+        1
+    );
 
     let doc_path = format!("/api/v1/documents/{id}");
     let file_path = format!("{doc_path}/attachments/{hash}");

@@ -1,5 +1,6 @@
 //! HTTP request bodies as the node parses and applies them: a new document's fields, a
-//! PATCH (fields, a whole new body, a splice), a new annotation and a lifecycle action.
+//! PATCH (fields, a whole new body, a splice), a new annotation with a reply, a search
+//! query and a lifecycle action.
 //! Each is refused with an error or applied, and the document stays readable with its
 //! signatures checkable.
 #![no_main]
@@ -53,7 +54,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut doc) = model::create_document(
         &header,
         &DocumentPatch {
-            body: Some("Xã Thạch Hà, tỉnh Hà Tĩnh".into()),
+            // Composed and decomposed letters both, so offsets can fall inside one.
+            body: Some("Xã Thạch Hà, tỉnh Hà Tĩnh — Vie\u{323}\u{302}t Nam".into()),
             ..Default::default()
         },
     ) else {
@@ -68,8 +70,22 @@ fuzz_target!(|data: &[u8]| {
             kind: Kind::Annotation,
             ..header
         };
-        if let Ok(note) = model::create_annotation(&note_header, &DocId::new(), &doc, &input) {
+        if let Ok(mut note) = model::create_annotation(&note_header, &DocId::new(), &doc, &input)
+        {
+            let _ = model::add_reply(&mut note, "fuzz", &input.text);
+            let _ = model::set_resolved(&mut note, input.text.len() % 2 == 0, "fuzz");
             model::annotation_json(&DocId::new(), &note, &doc).expect("resolves");
+        }
+    }
+    // Any text as a search query: the snippet's marks stay inside its text.
+    if let Ok(query) = std::str::from_utf8(data) {
+        let words = sync_core::search::query_words(query);
+        let body = model::body_text(&doc).expect("a body");
+        if let Some(s) = sync_core::search::highlight(&body, &words) {
+            let len = s["text"].as_str().expect("text").chars().count() as u64;
+            for m in s["marks"].as_array().expect("marks") {
+                assert!(m[0].as_u64() < m[1].as_u64() && m[1].as_u64() <= Some(len), "{s}");
+            }
         }
     }
     // A whole sequence of steps, each taken by every role in turn on a registrar and

@@ -514,7 +514,8 @@ async fn list_documents(
 ) -> ApiResult<Json<JsonValue>> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if query.q.is_some() {
-        return search_documents(state, reader(&actor.map(|Extension(a)| a)), query).await;
+        let reader = reader(&state, &actor.map(|Extension(a)| a));
+        return search_documents(state, reader, query).await;
     }
     let limit = query.limit.unwrap_or(MAX_PAGE);
     if limit == 0 || limit > MAX_PAGE {
@@ -560,7 +561,7 @@ async fn list_documents(
 /// `"search": {"rank", "snippets"}`; pages are named by `next` tokens of the form `o:N`.
 async fn search_documents(
     state: AppState,
-    reader: Option<String>,
+    reader: Option<Signed>,
     query: ListQuery,
 ) -> ApiResult<Json<JsonValue>> {
     let limit = query.limit.unwrap_or(MAX_PAGE);
@@ -589,7 +590,8 @@ async fn search_documents(
             state: query.state.as_deref(),
             direction: query.direction.as_deref(),
         };
-        let may_read = |note: &JsonValue| model::may_read_annotation(note, reader.as_deref());
+        let may_read =
+            |note: &JsonValue| model::may_read_annotation(note, reader.as_ref().map(Signed::get));
         let (hits, more) = s.search(
             &text,
             &may_read,
@@ -1043,8 +1045,27 @@ fn annotation_view(s: &mut Store, target_id: &DocId, id: &DocId) -> ApiResult<Js
     Ok(value?)
 }
 
-fn reader(actor: &Option<Arc<Actor>>) -> Option<String> {
-    actor.as_ref().map(|a| a.user.name.clone())
+/// The signed-in user and the node they are signed in on (users belong to one node).
+#[derive(Clone)]
+struct Signed {
+    name: String,
+    node: String,
+}
+
+impl Signed {
+    fn get(&self) -> model::Reader<'_> {
+        model::Reader {
+            name: &self.name,
+            node: &self.node,
+        }
+    }
+}
+
+fn reader(state: &AppState, actor: &Option<Arc<Actor>>) -> Option<Signed> {
+    actor.as_ref().map(|a| Signed {
+        name: a.user.name.clone(),
+        node: state.net.id().to_string(),
+    })
 }
 
 async fn list_annotations(
@@ -1053,7 +1074,7 @@ async fn list_annotations(
     actor: Option<Extension<Arc<Actor>>>,
 ) -> ApiResult<Json<JsonValue>> {
     let target_id = parse_id(&id)?;
-    let reader = reader(&actor.map(|Extension(a)| a));
+    let reader = reader(&state, &actor.map(|Extension(a)| a));
     let value = with_store(&state, move |s| {
         let document = document_json(s, &target_id)?;
         // Annotations follow their document: deleted with it, back when it is restored.
@@ -1066,7 +1087,7 @@ async fn list_annotations(
                 continue;
             }
             let value = annotation_view(s, &target_id, &id)?;
-            if model::may_read_annotation(&value, reader.as_deref()) {
+            if model::may_read_annotation(&value, reader.as_ref().map(Signed::get)) {
                 annotations.push(value);
             }
         }
@@ -1082,7 +1103,7 @@ fn readable_annotation(
     s: &mut Store,
     target: &DocId,
     id: &DocId,
-    reader: Option<&str>,
+    reader: Option<model::Reader<'_>>,
 ) -> ApiResult<JsonValue> {
     let missing = || {
         ApiError(
@@ -1124,15 +1145,24 @@ async fn patch_annotation(
     let (target, id) = (parse_id(&id)?, parse_id(&aid)?);
     let patch: AnnotationPatch = parse_body(&body)?;
     let actor = actor.map(|Extension(a)| a);
-    let reader = reader(&actor);
-    let by = reader.clone().unwrap_or_else(|| state.net.id().to_string());
+    let reader = reader(&state, &actor);
+    let by = reader
+        .as_ref()
+        .map_or_else(|| state.net.id().to_string(), |r| r.name.clone());
     let value = with_store_as(&state, actor, move |s| {
-        let current = readable_annotation(s, &target, &id, reader.as_deref())?;
+        let current = readable_annotation(s, &target, &id, reader.as_ref().map(Signed::get))?;
         if let Some(text) = &patch.text {
-            if reader.is_some() && current["author"].as_str() != reader.as_deref() {
+            // Its author, on the node where it was written: a user of the same name on
+            // another node is someone else.
+            if reader
+                .as_ref()
+                .is_some_and(|r| !model::is_annotation_author(&current, r.get()))
+            {
                 return Err(ApiError(
                     StatusCode::FORBIDDEN,
-                    "only its author changes an annotation's text; reply instead".into(),
+                    "only its author, on the node where it was written, changes an \
+                     annotation's text; reply instead"
+                        .into(),
                 ));
             }
             s.modify(&id, |doc| model::set_annotation_text(doc, text))?;
@@ -1162,10 +1192,12 @@ async fn reply_to_annotation(
     let (target, id) = (parse_id(&id)?, parse_id(&aid)?);
     let reply: NewReply = parse_body(&body)?;
     let actor = actor.map(|Extension(a)| a);
-    let reader = reader(&actor);
-    let by = reader.clone().unwrap_or_else(|| state.net.id().to_string());
+    let reader = reader(&state, &actor);
+    let by = reader
+        .as_ref()
+        .map_or_else(|| state.net.id().to_string(), |r| r.name.clone());
     let value = with_store_as(&state, actor, move |s| {
-        readable_annotation(s, &target, &id, reader.as_deref())?;
+        readable_annotation(s, &target, &id, reader.as_ref().map(Signed::get))?;
         s.modify(&id, |doc| model::add_reply(doc, &by, &reply.text))?;
         annotation_view(s, &target, &id)
     })

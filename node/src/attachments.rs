@@ -28,6 +28,15 @@ use crate::api::{
 /// The longest file name kept.
 const MAX_NAME_CHARS: usize = 255;
 
+/// Characters a file name may not hold: controls, the marks that reverse or isolate text
+/// direction (which make `a\u{202E}fdp.exe` read as `aexe.pdf`), and the replacement
+/// character that stands for bytes that were not UTF-8.
+fn misleading(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        || c == char::REPLACEMENT_CHARACTER
+}
+
 /// Adds `status` (`complete`, `partial` or `missing`) and `received` (verified bytes
 /// here) to each attachment a document's JSON lists.
 pub fn mark_states(store: &Store, value: &mut JsonValue) {
@@ -119,14 +128,19 @@ pub async fn upload(
     let actor = actor.map(|Extension(a)| a);
     let id = parse_id(&id)?;
     let name = query.name.unwrap_or_default().trim().to_string();
-    if name.is_empty()
-        || name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(char::is_control)
-    {
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(misleading) {
         return Err(ApiError::bad_request(format!(
-            "name the file with ?name=… (1 to {MAX_NAME_CHARS} characters, no control \
-             characters), such as ?name=to-trinh.pdf"
+            "name the file with ?name=… in UTF-8 (1 to {MAX_NAME_CHARS} characters, no \
+             control or text-direction characters), such as ?name=to-trinh.pdf"
         )));
+    }
+    // A body announced as too large is refused before any of it is read.
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > blobs::MAX_ATTACHMENT_BYTES) {
+        return Err(storage_error(BlobError::TooLarge));
     }
     let media_type = headers
         .get(header::CONTENT_TYPE)
@@ -148,6 +162,11 @@ pub async fn upload(
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload cut short: {e}")))?;
         tokio::task::block_in_place(|| upload.write(&chunk)).map_err(storage_error)?;
     }
+    if upload.size() == 0 {
+        return Err(ApiError::bad_request(
+            "the file is empty: send its bytes as the body",
+        ));
+    }
     let (hash, size) = tokio::task::block_in_place(|| upload.finish()).map_err(storage_error)?;
     let attachment = Attachment {
         hash: hash.to_hex().to_string(),
@@ -159,7 +178,16 @@ pub async fn upload(
     };
     tracing::info!(document = %id, hash = %attachment.hash, size, "attachment stored");
     let value = with_store_as(&state, actor, move |s| {
-        check_editable(s, &id)?;
+        let current = check_editable(s, &id)?;
+        if let Ok(listed) = listed(&current, &attachment.hash) {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "the document lists this file already, as {}",
+                    listed["name"]
+                ),
+            ));
+        }
         s.modify(&id, |doc| model::add_attachment(doc, &attachment))?;
         s.attachment_held(&attachment.hash, attachment.size)?;
         let document = document_json(s, &id)?;
@@ -212,9 +240,10 @@ pub async fn download(
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let parsed = blobs::parse_hash(&hash).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let hex = parsed.to_hex().to_string();
     let entry = with_store(&state, move |s| {
         let document = document_json(s, &id)?;
-        listed(&document, &hash)
+        listed(&document, &hex)
     })
     .await?;
     if entry["status"] != "complete" {
@@ -265,7 +294,10 @@ pub async fn remove(
 ) -> ApiResult<Json<JsonValue>> {
     let actor = actor.map(|Extension(a)| a);
     let id = parse_id(&id)?;
-    blobs::parse_hash(&hash).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let hash = blobs::parse_hash(&hash)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .to_hex()
+        .to_string();
     let value = with_store_as(&state, actor, move |s| {
         let current = check_editable(s, &id)?;
         listed(&current, &hash)?;

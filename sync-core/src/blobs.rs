@@ -90,6 +90,8 @@ pub struct Blobs {
     dir: PathBuf,
     /// Hashes being fetched now: one transfer per file, whichever peer serves it.
     fetching: Mutex<HashSet<Hash>>,
+    /// When the download rate allows the next bytes in (see `pace`).
+    next_free: Mutex<Instant>,
     pub counters: BlobCounters,
 }
 
@@ -115,6 +117,7 @@ impl Blobs {
         Ok(Blobs {
             dir: dir.to_path_buf(),
             fetching: Mutex::new(HashSet::new()),
+            next_free: Mutex::new(Instant::now()),
             counters: BlobCounters::default(),
         })
     }
@@ -287,7 +290,7 @@ impl Blobs {
     /// Reads the bao encoding of `hash` (of `size` bytes) from `start` (as
     /// [`Blobs::resume_at`] gave it) out of `encoded`, verifying every chunk group before
     /// it is written. Checkpoints as it goes; at the end the file is checked whole and
-    /// moved into place. `rate` limits the bytes read per second.
+    /// moved into place. `rate` limits the bytes per second all of this store's fetches take together.
     pub fn receive(
         &self,
         claim: &Claim,
@@ -319,8 +322,6 @@ impl Blobs {
         let ranges = ranges_from(start);
         let mut verified = start;
         let mut checkpoint = start;
-        let began = Instant::now();
-        let mut read = 0u64;
         let decoder = bao_tree::io::sync::DecodeResponseIter::new(
             hash,
             tree,
@@ -328,11 +329,11 @@ impl Blobs {
             &ranges,
         );
         for item in decoder {
-            let item = item.map_err(|e| {
-                self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
-                match e {
-                    bao_tree::io::DecodeError::Io(io) => BlobError::Io(io),
-                    other => BlobError::Corrupt(other.to_string()),
+            let item = item.map_err(|e| match e {
+                bao_tree::io::DecodeError::Io(io) => BlobError::Io(io),
+                other => {
+                    self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+                    BlobError::Corrupt(other.to_string())
                 }
             });
             let item = match item {
@@ -343,11 +344,9 @@ impl Blobs {
                 }
             };
             let BaoContentItem::Leaf(Leaf { offset, data }) = item else {
-                read += 64;
                 continue;
             };
             file.write_all_at(&data, offset)?;
-            read += data.len() as u64;
             self.counters
                 .bytes_received
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -359,10 +358,7 @@ impl Blobs {
                 checkpoint = verified;
             }
             if let Some(rate) = rate.filter(|r| *r > 0) {
-                let due = Duration::from_secs_f64(read as f64 / rate as f64);
-                if let Some(wait) = due.checked_sub(began.elapsed()) {
-                    std::thread::sleep(wait);
-                }
+                self.pace(data.len() as u64, rate);
             }
         }
         if verified < size {
@@ -385,6 +381,22 @@ impl Blobs {
                 let _ = fs::remove_file(self.verified_path(&hash));
                 Err(e)
             }
+        }
+    }
+
+    /// Waits until `bytes` more fit in `rate` bytes per second, counted over every
+    /// transfer of this store together: the limit is the node's, however many peers
+    /// serve it.
+    fn pace(&self, bytes: u64, rate: u64) {
+        let wait = {
+            let mut free = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let start = (*free).max(now);
+            *free = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+            start - now
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
         }
     }
 
@@ -434,6 +446,11 @@ pub struct Upload<'a> {
 }
 
 impl Upload<'_> {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
         self.size += bytes.len() as u64;
         if self.size > MAX_ATTACHMENT_BYTES {

@@ -547,7 +547,10 @@ pub fn read_header(doc: &Automerge) -> Result<Header, ModelError> {
             let visibility = get_str(doc, ROOT, "visibility");
             // Private notes and notes shared with named people stay on the nodes of the
             // author's unit; only those for the document's whole audience travel.
-            let shared = visibility.as_deref() == Some("audience");
+            let names = get_str_list(doc, ROOT, "shared_with").map_or(0, |l| l.len());
+            let shared = visibility.as_deref() == Some("audience")
+                || (visibility.as_deref() == Some("shared")
+                    && !shares_with_names(visibility.as_deref(), names));
             !shared || get_bool(doc, ROOT, "confidential").unwrap_or(false)
         }
         Kind::Register => true,
@@ -843,6 +846,8 @@ pub fn to_json(id: &DocId, doc: &Automerge) -> Result<Json, ModelError> {
         obj.insert("deleted_by".into(), json!(get_str(doc, &d, "by")));
         obj.insert("deleted_at".into(), json!(get_str(doc, &d, "at")));
         obj.insert("deletion_conflict".into(), deletion_conflict(doc));
+    } else {
+        obj.insert("deletion_conflict".into(), Json::Null);
     }
     match header.kind {
         Kind::Document => {
@@ -1124,20 +1129,23 @@ pub fn attachments_in_json(json: &Json) -> Vec<Attachment> {
         .unwrap_or_default()
 }
 
-/// Lists a file on a document. The same file under the same name is listed once;
-/// returns whether the document changed.
-pub fn add_attachment(doc: &mut Automerge, attachment: &Attachment) -> Result<bool, ModelError> {
+/// Lists a file on a document, once: a file it lists already (by hash) is refused,
+/// under whatever name.
+pub fn add_attachment(doc: &mut Automerge, attachment: &Attachment) -> Result<(), ModelError> {
     expect_kind(doc, Kind::Document)?;
     if !attachment.is_usable() {
         return Err(ModelError::Invalid(
             "an attachment needs a name, a BLAKE3 hash and a size".into(),
         ));
     }
-    if attachments(At::now(doc))
+    if let Some(listed) = attachments(At::now(doc))
         .iter()
-        .any(|a| a.hash == attachment.hash && a.name == attachment.name)
+        .find(|a| a.hash == attachment.hash)
     {
-        return Ok(false);
+        return Err(ModelError::Invalid(format!(
+            "the document lists this file already, as {:?}",
+            listed.name
+        )));
     }
     let mut tx = doc.transaction();
     let list = list_or_new(&mut tx, "attachments")?;
@@ -1152,7 +1160,7 @@ pub fn add_attachment(doc: &mut Automerge, attachment: &Attachment) -> Result<bo
     }
     tx.put(&entry, "added_at", now_vietnam())?;
     commit(tx);
-    Ok(true)
+    Ok(())
 }
 
 /// Takes a file off a document's list (every entry with that hash); the file stays
@@ -1198,7 +1206,13 @@ pub fn create_annotation(
         Some(a) => {
             let body = body_obj(target)?;
             let len = target.length(&body);
-            if a.start > a.end || a.end > len {
+            if a.start > a.end {
+                return Err(ModelError::Invalid(format!(
+                    "anchor {}..{}: the start comes after the end",
+                    a.start, a.end
+                )));
+            }
+            if a.end > len {
                 return Err(ModelError::AnchorOutOfRange {
                     start: a.start,
                     end: a.end,
@@ -1361,25 +1375,48 @@ pub fn set_annotation_text(doc: &mut Automerge, text: &str) -> Result<(), ModelE
     Ok(())
 }
 
-/// Whether `reader` (a sign-in name; `None` in setup mode, before any user exists) may
-/// read an annotation, given its JSON: a private one only its author, one shared with
-/// named people its author and those people, one for the audience everyone who sees
-/// the document.
-pub fn may_read_annotation(annotation: &Json, reader: Option<&str>) -> bool {
+/// A signed-in person as annotations know them: users belong to one node, so a
+/// sign-in name means a person only together with the node it was made on.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader<'a> {
+    pub name: &'a str,
+    /// The node id the reader is signed in on.
+    pub node: &'a str,
+}
+
+/// Whether the annotation (its JSON) was written by `reader`: by that name on that node.
+pub fn is_annotation_author(annotation: &Json, reader: Reader<'_>) -> bool {
+    annotation["author"].as_str() == Some(reader.name)
+        && annotation["created_by"].as_str() == Some(reader.node)
+}
+
+/// Whether an annotation shared with named people is one: a `shared` note written
+/// before names were kept lists none, and is read as it then travelled, by the
+/// document's whole audience.
+fn shares_with_names(visibility: Option<&str>, shared_with: usize) -> bool {
+    visibility == Some("shared") && shared_with > 0
+}
+
+/// Whether `reader` (`None` in setup mode, before any user exists) may read an
+/// annotation, given its JSON: a private one only its author, one shared with named
+/// people its author and those people, all users of the node it was written on (the
+/// names are that node's); one for the audience everyone who sees the document.
+pub fn may_read_annotation(annotation: &Json, reader: Option<Reader<'_>>) -> bool {
     let Some(reader) = reader else {
         return true;
     };
-    let author = annotation["author"].as_str() == Some(reader);
-    match annotation["visibility"].as_str() {
-        Some("audience") => true,
-        Some("shared") => {
-            author
-                || annotation["shared_with"]
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|n| n.as_str() == Some(reader)))
-        }
-        _ => author,
+    let shared_with = annotation["shared_with"].as_array();
+    let visibility = annotation["visibility"].as_str();
+    let named = shares_with_names(visibility, shared_with.map_or(0, Vec::len));
+    if visibility == Some("audience") || (visibility == Some("shared") && !named) {
+        return true;
     }
+    if is_annotation_author(annotation, reader) {
+        return true;
+    }
+    named
+        && annotation["created_by"].as_str() == Some(reader.node)
+        && shared_with.is_some_and(|l| l.iter().any(|n| n.as_str() == Some(reader.name)))
 }
 
 /// An annotation's JSON with its anchor resolved against the target's current body.
@@ -1518,12 +1555,21 @@ mod tests {
 
     #[test]
     fn a_note_is_read_by_those_its_visibility_names() {
-        let note = |visibility: &str, shared: &[&str]| json!({ "author": "a", "visibility": visibility, "shared_with": shared });
-        assert!(may_read_annotation(&note("private", &[]), Some("a")));
-        assert!(!may_read_annotation(&note("private", &[]), Some("b")));
-        assert!(may_read_annotation(&note("shared", &["b"]), Some("b")));
-        assert!(!may_read_annotation(&note("shared", &["b"]), Some("c")));
-        assert!(may_read_annotation(&note("audience", &[]), Some("c")));
+        let note = |visibility: &str, shared: &[&str]| {
+            json!({ "author": "a", "created_by": "n1", "visibility": visibility,
+                    "shared_with": shared })
+        };
+        let on = |name, node| Some(Reader { name, node });
+        assert!(may_read_annotation(&note("private", &[]), on("a", "n1")));
+        assert!(!may_read_annotation(&note("private", &[]), on("b", "n1")));
+        // The same sign-in name on another node is another person.
+        assert!(!may_read_annotation(&note("private", &[]), on("a", "n2")));
+        assert!(may_read_annotation(&note("shared", &["b"]), on("b", "n1")));
+        assert!(!may_read_annotation(&note("shared", &["b"]), on("b", "n2")));
+        assert!(!may_read_annotation(&note("shared", &["b"]), on("c", "n1")));
+        assert!(may_read_annotation(&note("audience", &[]), on("c", "n2")));
+        // A shared note from before names were kept is read by the whole audience.
+        assert!(may_read_annotation(&note("shared", &[]), on("c", "n2")));
         // Setup mode, before any user exists: the node's own loopback reads everything.
         assert!(may_read_annotation(&note("private", &[]), None));
     }

@@ -256,6 +256,23 @@ impl Net {
             tasks: TaskTracker::new(),
         });
 
+        // Files the store believes held but that are gone from disk are wanted again.
+        let lost = tokio::task::block_in_place(|| {
+            lock(&shared.store).recheck_held_attachments(|hash, size| {
+                crate::blobs::parse_hash(hash)
+                    .ok()
+                    .and_then(|h| shared.blobs.complete_size(&h))
+                    == Some(size)
+            })
+        });
+        match lost {
+            Ok(0) => {}
+            Ok(n) => warn!(
+                files = n,
+                "attachment files missing from disk; fetching them again"
+            ),
+            Err(e) => warn!(error = %e, "could not check the attachment files on disk"),
+        }
         shared.tasks.spawn(accept_loop(shared.clone()));
         shared.tasks.spawn(roster_loop(shared.clone()));
         for (peer, _) in config.dial {

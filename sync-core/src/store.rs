@@ -14,7 +14,7 @@
 //! (assuming its clock is not behind the backup's), so a peer's cursor never hides the
 //! changes made after a restore.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::path::Path;
 
@@ -259,9 +259,10 @@ impl Store {
         Ok(store)
     }
 
-    /// Stores written before documents carried their lifecycle in their JSON (direction,
-    /// numbering, the key duplicates are found by) get every record's JSON written
-    /// afresh, once.
+    /// Stores written before the current form of the JSON kept with each record (the
+    /// lifecycle, attachments, deletion conflicts) get every record's JSON written
+    /// afresh, once, and its policy columns with it (whether a note stays in its unit
+    /// depends on how its visibility is read).
     fn migrate_record_json(&self) -> Result<(), StoreError> {
         if read_meta(&self.conn, RECORD_JSON.0)?.as_deref() == Some(RECORD_JSON.1) {
             return Ok(());
@@ -275,16 +276,24 @@ impl Store {
         for id in ids {
             let id = DocId::parse(&id)?;
             // A record that no longer reads keeps the JSON it had.
-            let Some(json) = self
-                .load(&id)?
-                .and_then(|doc| model::to_json(&id, &doc).ok())
-            else {
+            let Some((json, header)) = self.load(&id)?.and_then(|doc| {
+                Some((
+                    model::to_json(&id, &doc).ok()?,
+                    model::read_header(&doc).ok()?,
+                ))
+            }) else {
                 continue;
             };
             tx.execute(
-                "UPDATE records SET json = ?2 WHERE id = ?1",
-                params![id.as_str(), json.to_string()],
+                "UPDATE records SET json = ?2, audience = ?3, confidential = ?4 WHERE id = ?1",
+                params![
+                    id.as_str(),
+                    json.to_string(),
+                    serde_json::to_string(&header.audience).expect("strings serialise"),
+                    header.confidential
+                ],
             )?;
+            index_attachments(&tx, &id, &json)?;
         }
         write_meta(&tx, RECORD_JSON.0, RECORD_JSON.1)?;
         tx.commit()?;
@@ -723,42 +732,54 @@ impl Store {
     /// Keeps `attachment_refs` in step with the attachments a record lists: which files
     /// this store wants, and which records make a file visible to a peer.
     fn index_attachments(&self, id: &DocId, json: &Json) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM attachment_refs WHERE record = ?1",
-            [id.as_str()],
-        )?;
-        for a in model::attachments_in_json(json) {
-            self.conn.execute(
-                "INSERT OR IGNORE INTO attachment_refs (hash, record, size, held)
-                 VALUES (?1, ?2, ?3, COALESCE(
-                   (SELECT MAX(held) FROM attachment_refs WHERE hash = ?1 AND size = ?3), 0))",
-                params![a.hash, id.as_str(), a.size as i64],
-            )?;
-        }
-        Ok(())
+        index_attachments(&self.conn, id, json)
     }
 
-    /// Attachments this store lists but does not hold yet, with the records that list
-    /// them (at most `limit` rows).
+    /// Attachment files this store lists but does not hold yet, in hash order after
+    /// `after` (at most `limit`), each with the records that list it.
     pub fn wanted_attachments(
         &self,
+        after: &str,
         limit: usize,
-    ) -> Result<Vec<(String, u64, RecordMeta)>, StoreError> {
-        let rows: Vec<(String, i64, String)> = self
+    ) -> Result<Vec<(String, u64, Vec<RecordMeta>)>, StoreError> {
+        let rows: Vec<(String, i64)> = self
             .conn
             .prepare_cached(
-                "SELECT hash, size, record FROM attachment_refs WHERE held = 0
-                 ORDER BY hash LIMIT ?1",
+                "SELECT DISTINCT hash, size FROM attachment_refs WHERE held = 0 AND hash > ?1
+                 ORDER BY hash, size LIMIT ?2",
             )?
-            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map(params![after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(rows.len());
-        for (hash, size, record) in rows {
-            if let Some(meta) = self.meta(&DocId::parse(&record)?)? {
-                out.push((hash, size as u64, meta));
-            }
+        for (hash, size) in rows {
+            let records = self.attachment_records(&hash, size as u64)?;
+            out.push((hash, size as u64, records));
         }
         Ok(out)
+    }
+
+    /// Marks as not held every file `here` says is not on disk (a data directory
+    /// restored without its attachments, say), so that it is fetched again.
+    pub fn recheck_held_attachments(
+        &self,
+        here: impl Fn(&str, u64) -> bool,
+    ) -> Result<u64, StoreError> {
+        let held: Vec<(String, i64)> = self
+            .conn
+            .prepare("SELECT DISTINCT hash, size FROM attachment_refs WHERE held = 1")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut lost = 0;
+        for (hash, size) in held {
+            if !here(&hash, size as u64) {
+                self.conn.execute(
+                    "UPDATE attachment_refs SET held = 0 WHERE hash = ?1 AND size = ?2",
+                    params![hash, size],
+                )?;
+                lost += 1;
+            }
+        }
+        Ok(lost)
     }
 
     /// How many listed attachment files are not here yet.
@@ -991,11 +1012,14 @@ impl Store {
             return Ok((Vec::new(), false));
         }
         let mut hits: Vec<crate::search::Hit> = Vec::new();
+        // Where each document found is in `hits`.
+        let mut found: HashMap<String, usize> = HashMap::new();
         let mut refused: HashSet<String> = HashSet::new();
         let wanted = offset.saturating_add(limit);
-        // Rows are read in ranked slices until the page (and one more) is filled: most
-        // searches look at the first slice only.
-        let slice = (4 * (wanted + 1)).max(64);
+        // Rows are read in ranked slices (ties broken by row, so every page sees the
+        // same order) until the page, and one more, is filled: most searches look at the
+        // first slice only.
+        const SLICE: usize = 256;
         let mut rows: Vec<(String, String, f64)> = Vec::new();
         let mut read = 0;
         let mut next = 0;
@@ -1009,10 +1033,10 @@ impl Store {
                     .prepare_cached(
                         "SELECT record, document, bm25(fulltext, 0, 0, 10.0, 8.0, 1.0, 2.0)
                            AS rank
-                         FROM fulltext WHERE fulltext MATCH ?1 ORDER BY rank
+                         FROM fulltext WHERE fulltext MATCH ?1 ORDER BY rank, rowid
                          LIMIT ?2 OFFSET ?3",
                     )?
-                    .query_map(params![expr, slice as i64, read as i64], |r| {
+                    .query_map(params![expr, SLICE as i64, read as i64], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })?
                     .collect::<Result<_, _>>()?;
@@ -1024,7 +1048,8 @@ impl Store {
             }
             let (record, document, rank) = rows[next].clone();
             next += 1;
-            if refused.contains(&document) {
+            let known = found.get(&document).copied();
+            if refused.contains(&document) || (known.is_none() && hits.len() > wanted) {
                 continue;
             }
             let note = if record != document {
@@ -1035,14 +1060,8 @@ impl Store {
             } else {
                 None
             };
-            if let Some(hit) = hits
-                .iter_mut()
-                .find(|h| h.document["id"] == document.as_str())
-            {
-                hit.notes.extend(note);
-                continue;
-            }
-            if hits.len() > wanted {
+            if let Some(at) = known {
+                hits[at].notes.extend(note);
                 continue;
             }
             let doc = self.stored_json(&DocId::parse(&document)?)?;
@@ -1055,11 +1074,14 @@ impl Store {
                         .is_none_or(|dir| d["direction"].as_str().unwrap_or("outgoing") == dir)
             });
             match doc.filter(|_| fits) {
-                Some(d) => hits.push(crate::search::Hit {
-                    document: d,
-                    rank,
-                    notes: note.into_iter().collect(),
-                }),
+                Some(d) => {
+                    found.insert(document, hits.len());
+                    hits.push(crate::search::Hit {
+                        document: d,
+                        rank,
+                        notes: note.into_iter().collect(),
+                    })
+                }
                 None => {
                     refused.insert(document);
                 }
@@ -1338,6 +1360,22 @@ impl Store {
 /// Indexes a record's searchable text under a number of its own (`search_keys`, whose
 /// integer key SQLite keeps through VACUUM): the index's `record` column is not indexed,
 /// so a lookup by it would scan the whole index.
+/// Keeps `attachment_refs` in step with the attachments a record lists: which files
+/// this store wants, and which records make a file visible to a peer.
+fn index_attachments(conn: &Connection, id: &DocId, json: &Json) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM attachment_refs WHERE record = ?1")?
+        .execute([id.as_str()])?;
+    for a in model::attachments_in_json(json) {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO attachment_refs (hash, record, size, held)
+             VALUES (?1, ?2, ?3, COALESCE(
+               (SELECT MAX(held) FROM attachment_refs WHERE hash = ?1 AND size = ?3), 0))",
+        )?
+        .execute(params![a.hash, id.as_str(), a.size as i64])?;
+    }
+    Ok(())
+}
+
 fn index_for_search(conn: &Connection, id: &DocId, json: &Json) -> Result<(), StoreError> {
     conn.prepare_cached("INSERT OR IGNORE INTO search_keys (record) VALUES (?1)")?
         .execute([id.as_str()])?;
@@ -1869,8 +1907,9 @@ mod tests {
         )
         .unwrap();
         s.put(&DocId::new(), note, &[]).unwrap();
-        let author = |n: &Json| model::may_read_annotation(n, Some("chu.tich"));
-        let other = |n: &Json| model::may_read_annotation(n, Some("van.thu"));
+        let reader = |name| Some(model::Reader { name, node: "t" });
+        let author = |n: &Json| model::may_read_annotation(n, reader("chu.tich"));
+        let other = |n: &Json| model::may_read_annotation(n, reader("van.thu"));
         let f = ListFilter::default();
         let (hits, _) = s.search("kinh phi", &author, false, &f, 0, 10).unwrap();
         assert_eq!(hits.len(), 1);

@@ -40,6 +40,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const ASK_AGAIN: Duration = Duration::from_secs(10);
 /// How often the fetcher looks for wanted files without being told of a change.
 const LOOK_AGAIN: Duration = Duration::from_secs(5);
+/// How long a transfer may make no progress before it is given up.
+const STALLED: Duration = Duration::from_secs(30);
 /// Transfers one connection serves at once.
 const SERVING_AT_ONCE: usize = 2;
 /// Wanted files looked at per round.
@@ -66,15 +68,20 @@ pub(super) async fn run(
     );
 }
 
-/// May `peer` see some record that lists this file?
-fn visible(shared: &Shared, peer: &Member, hash: &Hash, size: u64) -> bool {
+/// May `peer` have this file? It must see a record that lists it. A peer of another
+/// unit counts only records its own unit does not own: a record of its own could list
+/// any hash it has heard of, and would otherwise open any file to it. (Nodes of one unit
+/// share all of it, so for them every record counts.)
+fn may_have(shared: &Shared, peer: &Member, hash: &Hash, size: u64) -> bool {
     tokio::task::block_in_place(|| {
         let store = lock(&shared.store);
         let Ok(records) = store.attachment_records(hash.to_hex().as_str(), size) else {
             return false;
         };
+        let same_unit = peer.unit == shared.me.unit;
         records.iter().any(|r| {
-            protocol::visible_to(&store, peer, &r.header, r.target.as_ref()).unwrap_or(false)
+            (same_unit || r.header.unit != peer.unit.as_str())
+                && protocol::visible_to(&store, peer, &r.header, r.target.as_ref()).unwrap_or(false)
         })
     })
 }
@@ -114,9 +121,11 @@ async fn serve_one(
     let hash = Hash::from_bytes(request[..32].try_into().expect("32 bytes"));
     let size = u64::from_be_bytes(request[32..40].try_into().expect("8 bytes"));
     let start = u64::from_be_bytes(request[40..48].try_into().expect("8 bytes"));
-    let available = shared.blobs.complete_size(&hash) == Some(size)
+    // The policy first, so that whether the file is here does not change the answer's
+    // timing for a peer that may not have it.
+    let available = may_have(shared, peer, &hash, size)
         && start <= size
-        && visible(shared, peer, &hash, size);
+        && shared.blobs.complete_size(&hash) == Some(size);
     if !available {
         send.write_all(&[NOT_AVAILABLE]).await.map_err(io)?;
         send.finish().map_err(io)?;
@@ -126,6 +135,10 @@ async fn serve_one(
     debug!(hash = %hash.to_hex(), start, size, "serving an attachment");
     let blobs = shared.blobs.clone();
     let handle = tokio::runtime::Handle::current();
+    // A peer that stops reading ends the transfer instead of holding it.
+    let mut send = tokio_io_timeout::TimeoutWriter::new(send);
+    send.set_timeout(Some(STALLED));
+    let send = Box::pin(send);
     tokio::task::spawn_blocking(move || {
         let mut out =
             std::io::BufWriter::with_capacity(1 << 20, SyncIoBridge::new_with_handle(send, handle));
@@ -144,14 +157,21 @@ async fn fetch(shared: &Arc<Shared>, conn: &Connection, peer: &Member) {
     let mut changes = lock(&shared.store).subscribe();
     // Files this peer did not have, and when we asked.
     let mut not_here: HashMap<(Hash, u64), Instant> = HashMap::new();
+    // Where the next round reads the wanted list from: rounds go through the whole
+    // list, so files no peer has cannot keep the others from being tried.
+    let mut after = String::new();
     loop {
-        let wanted = tokio::task::block_in_place(|| {
+        let (wanted, next) = tokio::task::block_in_place(|| {
             let store = lock(&shared.store);
             let rows = store
-                .wanted_attachments(WANTED_PER_ROUND)
+                .wanted_attachments(&after, WANTED_PER_ROUND)
                 .unwrap_or_default();
+            let next = match rows.len() {
+                WANTED_PER_ROUND => rows.last().map(|r| r.0.clone()).unwrap_or_default(),
+                _ => String::new(),
+            };
             let mut out: Vec<(Hash, u64)> = Vec::new();
-            for (hex, size, record) in rows {
+            for (hex, size, records) in rows {
                 let Ok(hash) = blobs::parse_hash(&hex) else {
                     continue;
                 };
@@ -159,15 +179,17 @@ async fn fetch(shared: &Arc<Shared>, conn: &Connection, peer: &Member) {
                     let _ = store.attachment_held(&hex, size);
                     continue;
                 }
-                let may =
-                    protocol::visible_to(&store, peer, &record.header, record.target.as_ref())
-                        .unwrap_or(false);
-                if may && !out.contains(&(hash, size)) {
+                let may = records.iter().any(|r| {
+                    protocol::visible_to(&store, peer, &r.header, r.target.as_ref())
+                        .unwrap_or(false)
+                });
+                if may {
                     out.push((hash, size));
                 }
             }
-            out
+            (out, next)
         });
+        after = next;
         let mut fetched = false;
         for (hash, size) in wanted {
             if not_here
@@ -202,7 +224,7 @@ async fn fetch(shared: &Arc<Shared>, conn: &Connection, peer: &Member) {
                 }
             }
         }
-        if !fetched {
+        if !fetched && after.is_empty() {
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(LOOK_AGAIN) => {}
@@ -243,6 +265,10 @@ async fn fetch_one(
     let blobs = shared.blobs.clone();
     let rate = shared.attachment_rate;
     let handle = tokio::runtime::Handle::current();
+    // A peer that stops sending ends the transfer (what was verified is kept).
+    let mut recv = tokio_io_timeout::TimeoutReader::new(recv);
+    recv.set_timeout(Some(STALLED));
+    let recv = Box::pin(recv);
     tokio::task::spawn_blocking(move || {
         let encoded = SyncIoBridge::new_with_handle(recv, handle);
         blobs.receive(&claim, size, start, encoded, rate)
