@@ -662,6 +662,32 @@ pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(),
                 .into(),
         ));
     }
+    let texts = [
+        ("type", &patch.doc_type),
+        ("number", &patch.number),
+        ("notation", &patch.notation),
+        ("issuer", &patch.issuer),
+        ("parent_body", &patch.parent_body),
+        ("place", &patch.place),
+        ("subject", &patch.subject),
+        ("signer", &patch.signer),
+        ("urgency", &patch.urgency),
+        ("secrecy", &patch.secrecy),
+        ("circulation", &patch.circulation),
+        ("drafter", &patch.drafter),
+        ("body", &patch.body),
+    ];
+    for (key, value) in texts {
+        if let Some(v) = value {
+            check_text(key, v)?;
+        }
+    }
+    for r in patch.recipients.iter().flatten() {
+        check_text("recipients", r)?;
+    }
+    if let Some(s) = &patch.body_splice {
+        check_text("body_splice.insert", &s.insert)?;
+    }
     for (key, value) in [
         ("issued_date", &patch.issued_date),
         ("due_date", &patch.due_date),
@@ -1280,6 +1306,22 @@ pub fn create_annotation(
     Ok(doc)
 }
 
+/// Refuses control characters other than line breaks and tabs in a text field: a NUL
+/// or an escape code typed or pasted by mistake would end up in printed registers and
+/// exports.
+pub fn check_text(field: &str, value: &str) -> Result<(), ModelError> {
+    match value
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        Some(c) => Err(ModelError::Invalid(format!(
+            "{field} holds the control character U+{:04X}; remove it",
+            c as u32
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The most people an annotation is shared with by name.
 pub const MAX_SHARED_WITH: usize = 64;
 
@@ -1287,6 +1329,7 @@ fn check_annotation_input(input: &NewAnnotation) -> Result<(), ModelError> {
     if input.text.trim().is_empty() {
         return Err(ModelError::Invalid("an annotation needs some text".into()));
     }
+    check_text("text", &input.text)?;
     match input.visibility {
         Visibility::Shared if input.shared_with.is_empty() => Err(ModelError::Invalid(
             "visibility \"shared\" needs shared_with: the sign-in names of the people who \
@@ -1336,6 +1379,7 @@ pub fn add_reply(doc: &mut Automerge, author: &str, text: &str) -> Result<(), Mo
     if text.trim().is_empty() {
         return Err(ModelError::Invalid("a reply needs some text".into()));
     }
+    check_text("text", text)?;
     let mut tx = doc.transaction();
     let list = list_or_new(&mut tx, "replies")?;
     let at = tx.length(&list);
@@ -1369,6 +1413,7 @@ pub fn set_annotation_text(doc: &mut Automerge, text: &str) -> Result<(), ModelE
     if text.trim().is_empty() {
         return Err(ModelError::Invalid("an annotation needs some text".into()));
     }
+    check_text("text", text)?;
     let mut tx = doc.transaction();
     tx.put(ROOT, "text", text)?;
     commit(tx);
@@ -1572,6 +1617,34 @@ mod tests {
         assert!(may_read_annotation(&note("shared", &[]), on("c", "n2")));
         // Setup mode, before any user exists: the node's own loopback reads everything.
         assert!(may_read_annotation(&note("private", &[]), None));
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_text_fields_and_notes() {
+        let mut doc = create_document(&header(), &DocumentPatch::default()).unwrap();
+        let heads = doc.get_heads();
+        let bad = DocumentPatch {
+            subject: Some("Về việc\u{0}".into()),
+            ..Default::default()
+        };
+        let err = update_document(&mut doc, &bad).unwrap_err();
+        assert!(err.to_string().contains("U+0000"), "{err}");
+        assert_eq!(doc.get_heads(), heads, "nothing changed");
+        let fine = DocumentPatch {
+            body: Some("Điều 1.\n\tKhoản 1.\r\n".into()),
+            ..Default::default()
+        };
+        update_document(&mut doc, &fine).unwrap();
+        let mut h = header();
+        h.kind = Kind::Annotation;
+        let note = NewAnnotation {
+            text: "ghi chú\u{1b}[31m".into(),
+            anchor: None,
+            visibility: Visibility::Audience,
+            shared_with: vec![],
+            author: None,
+        };
+        assert!(create_annotation(&h, &DocId::new(), &doc, &note).is_err());
     }
 
     #[test]

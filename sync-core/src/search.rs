@@ -82,8 +82,11 @@ pub fn highlight(text: &str, words: &[String]) -> Option<Json> {
         }
     }
     let first = marks.first()?.0;
-    // A window from a little before the first match, cut at spaces.
-    let mut from = first.saturating_sub(CONTEXT_BEFORE);
+    // A window from a little before the first match (or as much before it as keeps the
+    // window full), cut at spaces.
+    let mut from = first
+        .saturating_sub(CONTEXT_BEFORE)
+        .min(chars.len().saturating_sub(SNIPPET_CHARS));
     while from > 0 && from < first && !chars[from - 1].is_whitespace() {
         from += 1;
     }
