@@ -302,26 +302,35 @@ struct Peer {
 /// Node A of Xã Thạch Hà and node B of Xã Lộc Hà, each with a fresh store under `dir`,
 /// and the roster that lists them.
 fn two_nodes(dir: &std::path::Path) -> anyhow::Result<(Peer, Peer, Roster)> {
-    let a = Peer {
-        key: iroh::SecretKey::generate(),
-        store: service::share(Store::create(&dir.join("a.db"), "18562", "A")?),
-        blobs: std::sync::Arc::new(Blobs::open(&dir.join("a-attachments"))?),
-        unit: "18562",
-    };
-    let b = Peer {
-        key: iroh::SecretKey::generate(),
-        store: service::share(Store::create(&dir.join("b.db"), "18568", "B")?),
-        blobs: std::sync::Arc::new(Blobs::open(&dir.join("b-attachments"))?),
-        unit: "18568",
-    };
-    let roster = Roster::parse(&format!(
-        "[[member]]\nid = \"{}\"\nunit = \"18562\"\nrole = \"node\"\n\
-         [[member]]\nid = \"{}\"\nunit = \"18568\"\nrole = \"node\"\n",
-        a.key.public(),
-        b.key.public()
-    ))
-    .map_err(anyhow::Error::msg)?;
+    let a = peer(dir, "a", "18562")?;
+    let b = peer(dir, "b", "18568")?;
+    let roster = roster_of(&[&a, &b])?;
     Ok((a, b, roster))
+}
+
+/// A node of `unit` with a fresh store and attachment directory under `dir`.
+fn peer(dir: &std::path::Path, name: &str, unit: &'static str) -> anyhow::Result<Peer> {
+    Ok(Peer {
+        key: iroh::SecretKey::generate(),
+        store: service::share(Store::create(&dir.join(format!("{name}.db")), unit, name)?),
+        blobs: std::sync::Arc::new(Blobs::open(&dir.join(format!("{name}-attachments")))?),
+        unit,
+    })
+}
+
+/// The roster that lists `peers` as nodes of their units.
+fn roster_of(peers: &[&Peer]) -> anyhow::Result<Roster> {
+    let text: String = peers
+        .iter()
+        .map(|p| {
+            format!(
+                "[[member]]\nid = \"{}\"\nunit = \"{}\"\nrole = \"node\"\n",
+                p.key.public(),
+                p.unit
+            )
+        })
+        .collect();
+    Roster::parse(&text).map_err(anyhow::Error::msg)
 }
 
 /// The header of a document A owns and shares with B.
@@ -641,19 +650,8 @@ async fn attachment(data: &[u8]) -> anyhow::Result<AttachmentRun> {
     net_b.shutdown().await;
 
     // Resume: a second receiver stops at half and starts again.
-    let c = Peer {
-        key: iroh::SecretKey::generate(),
-        store: service::share(Store::create(&dir.path().join("c.db"), "18568", "C")?),
-        blobs: std::sync::Arc::new(Blobs::open(&dir.path().join("c-attachments"))?),
-        unit: "18568",
-    };
-    let roster = Roster::parse(&format!(
-        "[[member]]\nid = \"{}\"\nunit = \"18562\"\nrole = \"node\"\n\
-         [[member]]\nid = \"{}\"\nunit = \"18568\"\nrole = \"node\"\n",
-        a.key.public(),
-        c.key.public()
-    ))
-    .map_err(anyhow::Error::msg)?;
+    let c = peer(dir.path(), "c", "18568")?;
+    let roster = roster_of(&[&a, &c])?;
     net_a.shutdown().await;
     let net_a = start_net(&a, None, &roster).await?;
     let dial = PeerAddr {
