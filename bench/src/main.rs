@@ -629,6 +629,7 @@ async fn attachment(data: &[u8]) -> anyhow::Result<AttachmentRun> {
         media_type: "application/pdf".into(),
         added_by: None,
         added_at: None,
+        added_on: None,
     };
     let mut doc = model::create_document(&shared_header(), &DocumentPatch::default())?;
     model::add_attachment(&mut doc, &attachment)?;

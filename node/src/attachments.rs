@@ -175,6 +175,7 @@ pub async fn upload(
         media_type,
         added_by: actor.as_ref().map(|a| a.user.name.clone()),
         added_at: None,
+        added_on: Some(state.net.id().to_string()),
     };
     tracing::info!(document = %id, hash = %attachment.hash, size, "attachment stored");
     let value = with_store_as(&state, actor, move |s| {
@@ -190,6 +191,8 @@ pub async fn upload(
         }
         s.modify(&id, |doc| model::add_attachment(doc, &attachment))?;
         s.attachment_held(&attachment.hash, attachment.size)?;
+        let unit = s.info().unit.clone();
+        s.attachment_source(&attachment.hash, attachment.size, &unit)?;
         let document = document_json(s, &id)?;
         let entry = document["attachments"]
             .as_array()

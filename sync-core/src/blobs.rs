@@ -325,7 +325,7 @@ impl Blobs {
         let decoder = bao_tree::io::sync::DecodeResponseIter::new(
             hash,
             tree,
-            io::BufReader::with_capacity(1 << 20, encoded),
+            io::BufReader::with_capacity(1 << 16, encoded),
             &ranges,
         );
         for item in decoder {

@@ -677,13 +677,24 @@ pub fn update_document(doc: &mut Automerge, patch: &DocumentPatch) -> Result<(),
         ("drafter", &patch.drafter),
         ("body", &patch.body),
     ];
+    // Only what changes is checked: a version restored, or a field sent back as it
+    // was, passes whatever it holds.
     for (key, value) in texts {
         if let Some(v) = value {
-            check_text(key, v)?;
+            let current = match key {
+                "body" => body_text(doc).ok(),
+                _ => get_str(doc, ROOT, key),
+            };
+            if current.as_deref() != Some(v.as_str()) {
+                check_text(key, v)?;
+            }
         }
     }
+    let recipients = get_str_list(doc, ROOT, "recipients").unwrap_or_default();
     for r in patch.recipients.iter().flatten() {
-        check_text("recipients", r)?;
+        if !recipients.contains(r) {
+            check_text("recipients", r)?;
+        }
     }
     if let Some(s) = &patch.body_splice {
         check_text("body_splice.insert", &s.insert)?;
@@ -1119,6 +1130,10 @@ pub struct Attachment {
     pub added_by: Option<String>,
     #[serde(default)]
     pub added_at: Option<String>,
+    /// The node it was attached on: a file is not served to the unit that listed it
+    /// unless that unit gave it (see `net`).
+    #[serde(default)]
+    pub added_on: Option<String>,
 }
 
 impl Attachment {
@@ -1183,6 +1198,9 @@ pub fn add_attachment(doc: &mut Automerge, attachment: &Attachment) -> Result<()
     tx.put(&entry, "media_type", attachment.media_type.as_str())?;
     if let Some(by) = &attachment.added_by {
         tx.put(&entry, "added_by", by.as_str())?;
+    }
+    if let Some(node) = &attachment.added_on {
+        tx.put(&entry, "added_on", node.as_str())?;
     }
     tx.put(&entry, "added_at", now_vietnam())?;
     commit(tx);
@@ -1308,12 +1326,12 @@ pub fn create_annotation(
 
 /// Refuses control characters other than line breaks and tabs in a text field: a NUL
 /// or an escape code typed or pasted by mistake would end up in printed registers and
-/// exports.
+/// exports. Line breaks include the vertical tab and form feed word processors write
+/// (a line break and a page break) and U+0085.
 pub fn check_text(field: &str, value: &str) -> Result<(), ModelError> {
-    match value
-        .chars()
-        .find(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-    {
+    match value.chars().find(|c| {
+        c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\u{0B}' | '\u{0C}' | '\u{85}')
+    }) {
         Some(c) => Err(ModelError::Invalid(format!(
             "{field} holds the control character U+{:04X}; remove it",
             c as u32

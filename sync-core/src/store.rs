@@ -30,7 +30,7 @@ use crate::lifecycle::SeriesKey;
 use crate::model::{self, DocId, Header, Kind, ModelError};
 
 /// The meta key and version of the JSON kept with each record.
-const RECORD_JSON: (&str, &str) = ("record_json", "3");
+const RECORD_JSON: (&str, &str) = ("record_json", "4");
 
 /// How many loaded documents the cache keeps by default.
 pub const DEFAULT_CACHE_DOCUMENTS: usize = 256;
@@ -181,6 +181,12 @@ CREATE TABLE IF NOT EXISTS attachment_refs (
     PRIMARY KEY (hash, record)
 );
 CREATE INDEX IF NOT EXISTS attachment_refs_record ON attachment_refs(record);
+CREATE TABLE IF NOT EXISTS attachment_sources (
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    unit TEXT NOT NULL,
+    PRIMARY KEY (hash, size, unit)
+);
 CREATE INDEX IF NOT EXISTS attachment_refs_wanted ON attachment_refs(hash) WHERE held = 0;
 CREATE TABLE IF NOT EXISTS search_keys (
     n INTEGER PRIMARY KEY,
@@ -284,14 +290,33 @@ impl Store {
             }) else {
                 continue;
             };
+            let audience = serde_json::to_string(&header.audience).expect("strings serialise");
+            // A record whose reach changed gets a new seq, so that sessions offer it
+            // (or hold it back) afresh.
+            let reach: (String, bool) = tx.query_row(
+                "SELECT audience, confidential FROM records WHERE id = ?1",
+                [id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if reach != (audience.clone(), header.confidential) {
+                let seq: i64 = tx.query_row(
+                    "SELECT MAX(COALESCE(MAX(seq), 0) + 1, ?1) FROM records",
+                    [determinism::now_micros() as i64],
+                    |r| r.get(0),
+                )?;
+                tx.execute(
+                    "UPDATE records SET seq = ?2 WHERE id = ?1",
+                    params![id.as_str(), seq],
+                )?;
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    [seq.to_string()],
+                )?;
+            }
             tx.execute(
                 "UPDATE records SET json = ?2, audience = ?3, confidential = ?4 WHERE id = ?1",
-                params![
-                    id.as_str(),
-                    json.to_string(),
-                    serde_json::to_string(&header.audience).expect("strings serialise"),
-                    header.confidential
-                ],
+                params![id.as_str(), json.to_string(), audience, header.confidential],
             )?;
             index_attachments(&tx, &id, &json)?;
         }
@@ -735,20 +760,23 @@ impl Store {
         index_attachments(&self.conn, id, json)
     }
 
-    /// Attachment files this store lists but does not hold yet, in hash order after
-    /// `after` (at most `limit`), each with the records that list it.
+    /// Attachment files this store lists but does not hold yet, in (hash, size) order
+    /// after `after` (at most `limit`), each with the records that list it.
     pub fn wanted_attachments(
         &self,
-        after: &str,
+        after: (&str, u64),
         limit: usize,
     ) -> Result<Vec<(String, u64, Vec<RecordMeta>)>, StoreError> {
         let rows: Vec<(String, i64)> = self
             .conn
             .prepare_cached(
-                "SELECT DISTINCT hash, size FROM attachment_refs WHERE held = 0 AND hash > ?1
-                 ORDER BY hash, size LIMIT ?2",
+                "SELECT DISTINCT hash, size FROM attachment_refs
+                 WHERE held = 0 AND (hash > ?1 OR (hash = ?1 AND size > ?2))
+                 ORDER BY hash, size LIMIT ?3",
             )?
-            .query_map(params![after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![after.0, after.1 as i64, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(rows.len());
         for (hash, size) in rows {
@@ -770,16 +798,44 @@ impl Store {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let mut lost = 0;
+        let tx = self.conn.unchecked_transaction()?;
         for (hash, size) in held {
             if !here(&hash, size as u64) {
-                self.conn.execute(
+                tx.execute(
                     "UPDATE attachment_refs SET held = 0 WHERE hash = ?1 AND size = ?2",
                     params![hash, size],
                 )?;
                 lost += 1;
             }
         }
+        tx.commit()?;
         Ok(lost)
+    }
+
+    /// Notes that the file came to this store from `unit` (an upload: this store's own).
+    pub fn attachment_source(&self, hash: &str, size: u64, unit: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO attachment_sources (hash, size, unit) VALUES (?1, ?2, ?3)",
+            params![hash, size as i64, unit],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the file came to this store from `unit`.
+    pub fn attachment_came_from(
+        &self,
+        hash: &str,
+        size: u64,
+        unit: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM attachment_sources WHERE hash = ?1 AND size = ?2 AND unit = ?3",
+            )?
+            .query_row(params![hash, size as i64, unit], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// How many listed attachment files are not here yet.
@@ -1019,7 +1075,7 @@ impl Store {
         // Rows are read in ranked slices (ties broken by row, so every page sees the
         // same order) until the page, and one more, is filled: most searches look at the
         // first slice only.
-        const SLICE: usize = 256;
+        let slice = (4 * (wanted + 1)).max(256);
         let mut rows: Vec<(String, String, f64)> = Vec::new();
         let mut read = 0;
         let mut next = 0;
@@ -1036,7 +1092,7 @@ impl Store {
                          FROM fulltext WHERE fulltext MATCH ?1 ORDER BY rank, rowid
                          LIMIT ?2 OFFSET ?3",
                     )?
-                    .query_map(params![expr, SLICE as i64, read as i64], |r| {
+                    .query_map(params![expr, slice as i64, read as i64], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })?
                     .collect::<Result<_, _>>()?;
@@ -1363,15 +1419,26 @@ impl Store {
 /// Keeps `attachment_refs` in step with the attachments a record lists: which files
 /// this store wants, and which records make a file visible to a peer.
 fn index_attachments(conn: &Connection, id: &DocId, json: &Json) -> Result<(), StoreError> {
+    let listed = model::attachments_in_json(json);
+    // Whether each file is held, read before this record's rows go: a file only this
+    // record lists stays held.
+    let mut held = Vec::with_capacity(listed.len());
+    for a in &listed {
+        held.push(
+            conn.prepare_cached(
+                "SELECT COALESCE(MAX(held), 0) FROM attachment_refs WHERE hash = ?1 AND size = ?2",
+            )?
+            .query_row(params![a.hash, a.size as i64], |r| r.get::<_, i64>(0))?,
+        );
+    }
     conn.prepare_cached("DELETE FROM attachment_refs WHERE record = ?1")?
         .execute([id.as_str()])?;
-    for a in model::attachments_in_json(json) {
+    for (a, held) in listed.iter().zip(held) {
         conn.prepare_cached(
             "INSERT OR IGNORE INTO attachment_refs (hash, record, size, held)
-             VALUES (?1, ?2, ?3, COALESCE(
-               (SELECT MAX(held) FROM attachment_refs WHERE hash = ?1 AND size = ?3), 0))",
+             VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![a.hash, id.as_str(), a.size as i64])?;
+        .execute(params![a.hash, id.as_str(), a.size as i64, held])?;
     }
     Ok(())
 }
@@ -1842,6 +1909,49 @@ mod tests {
             )
             .unwrap();
         assert_eq!(old, 0, "the index of the old form is gone");
+    }
+
+    #[test]
+    fn a_held_file_stays_held_through_edits_until_it_is_gone_from_disk() {
+        let mut s = Store::in_memory("18562").unwrap();
+        let id = DocId::new();
+        let mut doc = new_doc("Điều 1.");
+        let file = model::Attachment {
+            hash: blake3::hash(b"scan").to_hex().to_string(),
+            name: "scan.pdf".into(),
+            size: 4,
+            media_type: "application/pdf".into(),
+            added_by: None,
+            added_at: None,
+            added_on: None,
+        };
+        model::add_attachment(&mut doc, &file).unwrap();
+        s.put(&id, doc, &[]).unwrap();
+        assert_eq!(s.wanted_attachment_count().unwrap(), 1);
+        s.attachment_held(&file.hash, 4).unwrap();
+        s.modify(&id, |d| model::splice_body(d, 0, 0, "Chương I. "))
+            .unwrap();
+        assert_eq!(
+            s.wanted_attachment_count().unwrap(),
+            0,
+            "an edit keeps it held"
+        );
+        assert_eq!(s.recheck_held_attachments(|_, _| true).unwrap(), 0);
+        assert_eq!(s.recheck_held_attachments(|_, _| false).unwrap(), 1);
+        assert_eq!(s.wanted_attachment_count().unwrap(), 1, "wanted again");
+        let (rows, after) = (
+            s.wanted_attachments(("", 0), 10).unwrap(),
+            (file.hash.as_str(), 4),
+        );
+        assert_eq!(rows.len(), 1);
+        assert!(
+            s.wanted_attachments(after, 10).unwrap().is_empty(),
+            "the cursor moves on"
+        );
+        // Where a file came from is remembered, by unit.
+        s.attachment_source(&file.hash, 4, "18568").unwrap();
+        assert!(s.attachment_came_from(&file.hash, 4, "18568").unwrap());
+        assert!(!s.attachment_came_from(&file.hash, 4, "18562").unwrap());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Real iroh endpoints on loopback: a node fetches the files of the records it may see,
-//! and nothing else. Node B lists, in a record of its own that it shares with A, the
-//! hash of a file A holds only for a record B may not see; A never serves it (a record
-//! of B's own unit does not open a file to B), while the file of a record A shares with
-//! B arrives whole and verified.
+//! and nothing else. Node B lists the hash of a file A holds only for a record B may not
+//! see, in a record of its own that it shares with A and in a document A shares with it;
+//! A never serves it (a listing made by B's unit does not open a file to B), while the
+//! file A attached to the shared document arrives whole and verified.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +57,7 @@ fn file(blobs: &Blobs, bytes: &[u8], name: &str) -> Attachment {
         media_type: "application/pdf".into(),
         added_by: None,
         added_at: None,
+        added_on: None,
     }
 }
 
@@ -80,7 +81,7 @@ async fn a_file_is_served_only_to_a_peer_that_may_see_a_record_listing_it() {
     let private = file(&blobs_a, &vec![7u8; 300_000], "noi-bo.pdf");
     listing(&store_a, "18562", &["18562"], &private);
     let shared = file(&blobs_a, &vec![9u8; 200_000], "to-trinh.pdf");
-    listing(&store_a, "18562", &["18562", "18568"], &shared);
+    let plan = listing(&store_a, "18562", &["18562", "18568"], &shared);
     // B learned the private file's hash somehow and lists it in a record of its own,
     // which it shares with A: A then holds a record B may see that lists the file.
     let own = listing(&store_b, "18568", &["18568", "18562"], &private);
@@ -113,6 +114,28 @@ async fn a_file_is_served_only_to_a_peer_that_may_see_a_record_listing_it() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !service::lock(&store_a).contains(&own).unwrap() {
         assert!(Instant::now() < deadline, "B's record never reached A");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // B also adds the hash to A's plan, which A shares with it: a listing made by B's
+    // node, in a record A owns.
+    while !service::lock(&store_b).contains(&plan).unwrap() {
+        assert!(Instant::now() < deadline, "A's plan never reached B");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let forged = Attachment {
+        added_on: Some(net_b.id().to_string()),
+        ..private.clone()
+    };
+    service::lock(&store_b)
+        .modify(&plan, |d| model::add_attachment(d, &forged))
+        .unwrap();
+    while model::attachments(model::At::now(
+        service::lock(&store_a).get(&plan).unwrap().unwrap(),
+    ))
+    .len()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "B's edit never reached A");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     while blobs_b.state(&hash(&shared)) != BlobState::Complete {

@@ -40,8 +40,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const ASK_AGAIN: Duration = Duration::from_secs(10);
 /// How often the fetcher looks for wanted files without being told of a change.
 const LOOK_AGAIN: Duration = Duration::from_secs(5);
-/// How long a transfer may make no progress before it is given up.
+/// How long a fetch may wait for a byte from the peer before it is given up.
 const STALLED: Duration = Duration::from_secs(30);
+/// How long a served transfer may wait for the fetcher to take more.
+const STALLED_READER: Duration = Duration::from_secs(300);
 /// Transfers one connection serves at once.
 const SERVING_AT_ONCE: usize = 2;
 /// Wanted files looked at per round.
@@ -68,21 +70,48 @@ pub(super) async fn run(
     );
 }
 
-/// May `peer` have this file? It must see a record that lists it. A peer of another
-/// unit counts only records its own unit does not own: a record of its own could list
-/// any hash it has heard of, and would otherwise open any file to it. (Nodes of one unit
-/// share all of it, so for them every record counts.)
+/// May `peer` have this file? Either it gave it to this store (then it had it), or it
+/// may see a record that lists it and the listing was made by another unit: anyone can
+/// list a hash it has heard of, in a record of its own or one shared with it, and that
+/// must not open the file to it. Who listed it is the node recorded in the entry
+/// (`added_on`), placed in its unit by the roster; an entry without one counts as the
+/// record's owner's.
 fn may_have(shared: &Shared, peer: &Member, hash: &Hash, size: u64) -> bool {
-    tokio::task::block_in_place(|| {
+    let hex = hash.to_hex();
+    let unit = peer.unit.as_str();
+    // The store's lock is not held together with the roster's (sessions take them in
+    // the other order).
+    let listers: Option<Vec<(Option<String>, String)>> = tokio::task::block_in_place(|| {
         let store = lock(&shared.store);
-        let Ok(records) = store.attachment_records(hash.to_hex().as_str(), size) else {
-            return false;
-        };
-        let same_unit = peer.unit == shared.me.unit;
-        records.iter().any(|r| {
-            (same_unit || r.header.unit != peer.unit.as_str())
-                && protocol::visible_to(&store, peer, &r.header, r.target.as_ref()).unwrap_or(false)
-        })
+        if store.attachment_came_from(hex.as_str(), size, unit).ok()? {
+            return Some(Vec::new());
+        }
+        let mut listers = Vec::new();
+        for r in store.attachment_records(hex.as_str(), size).ok()? {
+            if !protocol::visible_to(&store, peer, &r.header, r.target.as_ref()).unwrap_or(false) {
+                continue;
+            }
+            let json = store.stored_json(&r.id).ok().flatten().unwrap_or_default();
+            let node = crate::model::attachments_in_json(&json)
+                .into_iter()
+                .find(|a| a.hash == hex.as_str())
+                .and_then(|a| a.added_on);
+            listers.push((node, r.header.unit.clone()));
+        }
+        (!listers.is_empty()).then_some(listers)
+    });
+    let Some(listers) = listers else {
+        return false;
+    };
+    if listers.is_empty() {
+        return true;
+    }
+    let trust = lock(&shared.trust);
+    listers.into_iter().any(|(node, owner)| {
+        let lister = node
+            .and_then(|n| trust.member(&n))
+            .map_or(owner, |m| m.unit.to_string());
+        lister != unit
     })
 }
 
@@ -135,9 +164,10 @@ async fn serve_one(
     debug!(hash = %hash.to_hex(), start, size, "serving an attachment");
     let blobs = shared.blobs.clone();
     let handle = tokio::runtime::Handle::current();
-    // A peer that stops reading ends the transfer instead of holding it.
+    // A peer that stops reading ends the transfer instead of holding it (given time: a
+    // fetcher pacing a slow line takes its bytes slowly).
     let mut send = tokio_io_timeout::TimeoutWriter::new(send);
-    send.set_timeout(Some(STALLED));
+    send.set_timeout(Some(STALLED_READER));
     let send = Box::pin(send);
     tokio::task::spawn_blocking(move || {
         let mut out =
@@ -159,16 +189,16 @@ async fn fetch(shared: &Arc<Shared>, conn: &Connection, peer: &Member) {
     let mut not_here: HashMap<(Hash, u64), Instant> = HashMap::new();
     // Where the next round reads the wanted list from: rounds go through the whole
     // list, so files no peer has cannot keep the others from being tried.
-    let mut after = String::new();
+    let mut after: (String, u64) = (String::new(), 0);
     loop {
         let (wanted, next) = tokio::task::block_in_place(|| {
             let store = lock(&shared.store);
             let rows = store
-                .wanted_attachments(&after, WANTED_PER_ROUND)
+                .wanted_attachments((&after.0, after.1), WANTED_PER_ROUND)
                 .unwrap_or_default();
             let next = match rows.len() {
-                WANTED_PER_ROUND => rows.last().map(|r| r.0.clone()).unwrap_or_default(),
-                _ => String::new(),
+                WANTED_PER_ROUND => rows.last().map(|r| (r.0.clone(), r.1)).unwrap_or_default(),
+                _ => (String::new(), 0),
             };
             let mut out: Vec<(Hash, u64)> = Vec::new();
             for (hex, size, records) in rows {
@@ -206,7 +236,9 @@ async fn fetch(shared: &Arc<Shared>, conn: &Connection, peer: &Member) {
                     info!(peer = %short(&peer_id), hash = %hash.to_hex(), size,
                         "attachment received and verified");
                     let _ = tokio::task::block_in_place(|| {
-                        lock(&shared.store).attachment_held(hash.to_hex().as_str(), size)
+                        let store = lock(&shared.store);
+                        store.attachment_held(hash.to_hex().as_str(), size)?;
+                        store.attachment_source(hash.to_hex().as_str(), size, peer.unit.as_str())
                     });
                     not_here.remove(&(hash, size));
                     fetched = true;
@@ -224,7 +256,7 @@ async fn fetch(shared: &Arc<Shared>, conn: &Connection, peer: &Member) {
                 }
             }
         }
-        if !fetched && after.is_empty() {
+        if !fetched && after.0.is_empty() {
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(LOOK_AGAIN) => {}
