@@ -106,11 +106,15 @@ fn may_have(shared: &Shared, peer: &Member, hash: &Hash, size: u64) -> bool {
     if listers.is_empty() {
         return true;
     }
+    let me = shared.endpoint.id().to_string();
     let trust = lock(&shared.trust);
     listers.into_iter().any(|(node, owner)| {
-        let lister = node
-            .and_then(|n| trust.member(&n))
-            .map_or(owner, |m| m.unit.to_string());
+        let lister = match node {
+            // This node need not be on its own roster.
+            Some(n) if n == me => shared.me.unit.to_string(),
+            Some(n) => trust.member(&n).map_or(owner, |m| m.unit.to_string()),
+            None => owner,
+        };
         lister != unit
     })
 }
