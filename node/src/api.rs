@@ -467,6 +467,30 @@ fn validate_audience(codes: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
+/// Refuses a change to another unit's incoming document: it belongs to the unit that
+/// received it.
+pub fn refuse_foreign_incoming(document: &JsonValue, unit: &str) -> ApiResult<()> {
+    if document["unit"] != unit && document["direction"] == "incoming" {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "an incoming document belongs to the unit that received it: only its offices \
+             change it"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The document with `id` as stored with it (its fields and lifecycle, without the
+/// checks [`document_json`] adds), for a step that only needs to look at it; other
+/// records and missing ids are both "not found".
+pub fn stored_document(store: &Store, id: &DocId) -> ApiResult<JsonValue> {
+    match store.stored_json(id)? {
+        Some(v) if v["kind"] == "document" => Ok(v),
+        _ => Err(ApiError::not_found(id.as_str())),
+    }
+}
+
 /// The document with `id`, as JSON with its signatures checked (see
 /// `office::enrich`); other records and missing ids are both "not found".
 pub fn document_json(store: &mut Store, id: &DocId) -> ApiResult<JsonValue> {
@@ -513,15 +537,22 @@ async fn list_documents(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<JsonValue>> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if query.q.is_some() {
-        let reader = reader(&state, &actor.map(|Extension(a)| a));
-        return search_documents(state, reader, query).await;
-    }
     let limit = query.limit.unwrap_or(MAX_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request(format!(
             "limit must be between 1 and {MAX_PAGE}"
         )));
+    }
+    if let Some(d) = query.direction.as_deref()
+        && !matches!(d, "outgoing" | "incoming")
+    {
+        return Err(ApiError::bad_request(
+            "direction is \"outgoing\" or \"incoming\"",
+        ));
+    }
+    if query.q.is_some() {
+        let reader = reader(&state, &actor.map(|Extension(a)| a));
+        return search_documents(state, reader, query, limit).await;
     }
     let after = match query.after.as_deref() {
         Some(token) => Some(
@@ -530,13 +561,6 @@ async fn list_documents(
         ),
         None => None,
     };
-    if let Some(d) = query.direction.as_deref()
-        && !matches!(d, "outgoing" | "incoming")
-    {
-        return Err(ApiError::bad_request(
-            "direction is \"outgoing\" or \"incoming\"",
-        ));
-    }
     let page = with_store(&state, move |s| {
         let filter = sync_core::store::ListFilter {
             state: query.state.as_deref(),
@@ -545,7 +569,6 @@ async fn list_documents(
         Ok(service::list_page(
             s,
             Some(Kind::Document),
-            query.q.as_deref(),
             after.as_ref(),
             limit,
             query.deleted.unwrap_or(false),
@@ -563,13 +586,8 @@ async fn search_documents(
     state: AppState,
     reader: Option<Signed>,
     query: ListQuery,
+    limit: usize,
 ) -> ApiResult<Json<JsonValue>> {
-    let limit = query.limit.unwrap_or(MAX_PAGE);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::bad_request(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
     let offset = match query.after.as_deref() {
         Some(token) => token
             .strip_prefix("o:")
@@ -577,13 +595,6 @@ async fn search_documents(
             .ok_or_else(|| ApiError::bad_request("after: not a token from a previous page"))?,
         None => 0,
     };
-    if let Some(d) = query.direction.as_deref()
-        && !matches!(d, "outgoing" | "incoming")
-    {
-        return Err(ApiError::bad_request(
-            "direction is \"outgoing\" or \"incoming\"",
-        ));
-    }
     let text = query.q.unwrap_or_default();
     let page = with_store(&state, move |s| {
         let filter = sync_core::store::ListFilter {
@@ -802,14 +813,7 @@ async fn patch_document(
         let unit = s.info().unit.clone();
         let current = document_json(s, &id)?;
         let owned = current["unit"] == unit.as_str();
-        if !owned && current["direction"] == "incoming" {
-            return Err(ApiError(
-                StatusCode::FORBIDDEN,
-                "an incoming document belongs to the unit that received it: only its offices \
-                 edit it"
-                    .into(),
-            ));
-        }
+        refuse_foreign_incoming(&current, &unit)?;
         if !owned && (patch.audience.is_some() || patch.secrecy.is_some()) {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
@@ -889,7 +893,7 @@ struct DeletionDecision {
 
 /// The owning unit's checks before a deletion or a decision about one.
 fn check_may_delete(s: &mut Store, id: &DocId) -> ApiResult<JsonValue> {
-    let current = document_json(s, id)?;
+    let current = stored_document(s, id)?;
     if current["unit"] != s.info().unit.as_str() {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -998,7 +1002,7 @@ async fn create_annotation(
     }
     let value = with_store_as(&state, actor.clone(), move |s| {
         let unit = s.info().unit.clone();
-        let target_json = document_json(s, &target_id)?;
+        let target_json = stored_document(s, &target_id)?;
         if target_json["deleted"] == true {
             return Err(ApiError(
                 StatusCode::CONFLICT,
@@ -1076,7 +1080,7 @@ async fn list_annotations(
     let target_id = parse_id(&id)?;
     let reader = reader(&state, &actor.map(|Extension(a)| a));
     let value = with_store(&state, move |s| {
-        let document = document_json(s, &target_id)?;
+        let document = stored_document(s, &target_id)?;
         // Annotations follow their document: deleted with it, back when it is restored.
         if document["deleted"] == true {
             return Ok(json!({ "annotations": [], "document_deleted": true }));
@@ -1111,7 +1115,7 @@ fn readable_annotation(
             format!("no annotation {id} on document {target} here"),
         )
     };
-    let document = document_json(s, target)?;
+    let document = stored_document(s, target)?;
     let meta = s.meta(id)?.ok_or_else(missing)?;
     if meta.header.kind != Kind::Annotation
         || meta.target.as_ref() != Some(target)

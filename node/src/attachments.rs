@@ -22,7 +22,8 @@ use sync_core::store::Store;
 use sync_core::users::Actor;
 
 use crate::api::{
-    ApiError, ApiResult, AppState, document_json, parse_id, with_store, with_store_as,
+    ApiError, ApiResult, AppState, document_json, parse_id, refuse_foreign_incoming,
+    stored_document, with_store, with_store_as,
 };
 
 /// The longest file name kept.
@@ -69,21 +70,14 @@ pub fn mark_states(store: &Store, value: &mut JsonValue) {
 /// deleted, and its content is not fixed by the lifecycle; an incoming document takes
 /// files only from the unit that received it.
 fn check_editable(store: &mut Store, id: &DocId) -> ApiResult<JsonValue> {
-    let current = document_json(store, id)?;
+    let current = files_of(store, id)?;
     if current["deleted"] == true {
         return Err(ApiError(
             StatusCode::CONFLICT,
             "this document was deleted; its attachments cannot change".into(),
         ));
     }
-    if current["unit"] != store.info().unit.as_str() && current["direction"] == "incoming" {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "an incoming document belongs to the unit that received it: only its offices \
-             change it"
-                .into(),
-        ));
-    }
+    refuse_foreign_incoming(&current, &store.info().unit)?;
     let doc = store
         .get(id)?
         .ok_or_else(|| ApiError::not_found(id.as_str()))?;
@@ -194,15 +188,7 @@ pub async fn upload(
         let unit = s.info().unit.clone();
         s.attachment_source(&attachment.hash, attachment.size, &unit)?;
         let document = document_json(s, &id)?;
-        let entry = document["attachments"]
-            .as_array()
-            .and_then(|l| {
-                l.iter().find(|a| {
-                    a["hash"] == attachment.hash.as_str() && a["name"] == attachment.name.as_str()
-                })
-            })
-            .cloned()
-            .unwrap_or(JsonValue::Null);
+        let entry = listed(&document, &attachment.hash)?;
         Ok(json!({ "attachment": entry, "document": document }))
     })
     .await?;
@@ -216,11 +202,18 @@ pub async fn list(
 ) -> ApiResult<Json<JsonValue>> {
     let id = parse_id(&id)?;
     let value = with_store(&state, move |s| {
-        let document = document_json(s, &id)?;
+        let document = files_of(s, &id)?;
         Ok(json!({ "attachments": document["attachments"] }))
     })
     .await?;
     Ok(Json(value))
+}
+
+/// The document as stored, its files marked with what this node holds of them.
+fn files_of(store: &Store, id: &DocId) -> ApiResult<JsonValue> {
+    let mut document = stored_document(store, id)?;
+    mark_states(store, &mut document);
+    Ok(document)
 }
 
 fn listed(document: &JsonValue, hash: &str) -> ApiResult<JsonValue> {
@@ -244,11 +237,7 @@ pub async fn download(
     let id = parse_id(&id)?;
     let parsed = blobs::parse_hash(&hash).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let hex = parsed.to_hex().to_string();
-    let entry = with_store(&state, move |s| {
-        let document = document_json(s, &id)?;
-        listed(&document, &hex)
-    })
-    .await?;
+    let entry = with_store(&state, move |s| listed(&files_of(s, &id)?, &hex)).await?;
     if entry["status"] != "complete" {
         let size = entry["size"].as_u64().unwrap_or(0);
         let received = entry["received"].as_u64().unwrap_or(0);

@@ -381,7 +381,6 @@ async fn list(
         service::list_page(
             &store,
             None,
-            None,
             after.as_ref(),
             limit,
             q.deleted.unwrap_or(false),

@@ -12,7 +12,7 @@
 //! - `partial/HASH` and `partial/HASH.verified` — a file being fetched, and how many of
 //!   its leading bytes are verified and on disk (written after the data is synced, so a
 //!   kill at any point loses at most what came after the last checkpoint).
-//! - `partial/upload-*` — a file a clerk is uploading, hashed while it is written.
+//! - `partial/upload-*` — a file a clerk is uploading, named by its hash once it is in.
 //!
 //! A transfer is a bao encoding of the range still missing ([`Blobs::serve`] and
 //! [`Blobs::receive`]): each 16 KiB group is checked against the root hash before it is
@@ -171,7 +171,7 @@ impl Blobs {
             blobs: self,
             temp,
             file: Some(io::BufWriter::with_capacity(1 << 20, file)),
-            hasher: blake3::Hasher::new(),
+
             size: 0,
         })
     }
@@ -190,19 +190,24 @@ impl Blobs {
         upload.finish()
     }
 
-    /// Writes the outboard of a complete file and moves it into place under `hash`,
-    /// after checking the whole file against the hash once more.
-    fn install(&self, from: &Path, hash: &Hash, size: u64) -> Result<(), BlobError> {
+    /// Hashes a complete file (making its outboard in the same pass) and moves it into
+    /// place under its hash, which must be `expected` if one is given. A file stored
+    /// before under that hash keeps its place (the same bytes are stored once).
+    fn install(&self, from: &Path, size: u64, expected: Option<&Hash>) -> Result<Hash, BlobError> {
         let tree = BaoTree::new(size, BLOCK_SIZE);
         let mut outboard = Vec::with_capacity(tree.outboard_size() as usize);
-        let root = bao_tree::io::sync::outboard_post_order(
+        let hash = bao_tree::io::sync::outboard_post_order(
             io::BufReader::with_capacity(1 << 20, File::open(from)?),
             tree,
             &mut outboard,
         )?;
-        if root != *hash {
+        if expected.is_some_and(|e| *e != hash) {
             let _ = fs::remove_file(from);
             return Err(BlobError::Mismatch);
+        }
+        if self.complete_size(&hash) == Some(size) {
+            fs::remove_file(from)?;
+            return Ok(hash);
         }
         let temp = self
             .dir
@@ -213,10 +218,10 @@ impl Blobs {
             f.write_all(&outboard)?;
             f.sync_all()?;
         }
-        fs::rename(&temp, self.outboard_path(hash))?;
-        fs::rename(from, self.path(hash))?;
+        fs::rename(&temp, self.outboard_path(&hash))?;
+        fs::rename(from, self.path(&hash))?;
         File::open(&self.dir)?.sync_all()?;
-        Ok(())
+        Ok(hash)
     }
 
     fn outboard(&self, hash: &Hash, size: u64) -> Result<PostOrderMemOutboard, BlobError> {
@@ -309,7 +314,7 @@ impl Blobs {
             }
             let temp = self.partial_path(&hash);
             File::create(&temp)?.sync_all()?;
-            return self.install(&temp, &hash, 0);
+            return self.install(&temp, 0, Some(&hash)).map(|_| ());
         }
         let partial = self.partial_path(&hash);
         let file = OpenOptions::new()
@@ -370,8 +375,8 @@ impl Blobs {
         }
         file.sync_all()?;
         drop(file);
-        match self.install(&partial, &hash, size) {
-            Ok(()) => {
+        match self.install(&partial, size, Some(&hash)) {
+            Ok(_) => {
                 let _ = fs::remove_file(self.verified_path(&hash));
                 self.counters.completed.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -441,7 +446,7 @@ pub struct Upload<'a> {
     blobs: &'a Blobs,
     temp: PathBuf,
     file: Option<io::BufWriter<File>>,
-    hasher: blake3::Hasher,
+
     size: u64,
 }
 
@@ -456,7 +461,7 @@ impl Upload<'_> {
         if self.size > MAX_ATTACHMENT_BYTES {
             return Err(BlobError::TooLarge);
         }
-        self.hasher.update(bytes);
+
         self.file
             .as_mut()
             .expect("open until finished")
@@ -464,19 +469,13 @@ impl Upload<'_> {
         Ok(())
     }
 
-    /// Syncs the file and moves it into place; an attachment stored before keeps its
-    /// file (the same bytes are stored once).
+    /// Syncs the file and moves it into place under its hash.
     pub fn finish(mut self) -> Result<(Hash, u64), BlobError> {
         let file = self.file.take().expect("open until finished");
         let file = file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
-        let hash = self.hasher.finalize();
-        if self.blobs.complete_size(&hash) == Some(self.size) {
-            let _ = fs::remove_file(&self.temp);
-        } else {
-            self.blobs.install(&self.temp, &hash, self.size)?;
-        }
+        let hash = self.blobs.install(&self.temp, self.size, None)?;
         Ok((hash, self.size))
     }
 }
@@ -518,6 +517,14 @@ mod tests {
         (0..len).map(|i| (i * 7 + i / 1000) as u8).collect()
     }
 
+    /// A store to serve from and one to fetch into, with the directories that hold them.
+    fn two_stores() -> ([tempfile::TempDir; 2], Blobs, Arc<Blobs>) {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let from = Blobs::open(dirs[0].path()).unwrap();
+        let to = Arc::new(Blobs::open(dirs[1].path()).unwrap());
+        (dirs, from, to)
+    }
+
     fn encoded(blobs: &Blobs, hash: &Hash, start: u64) -> Vec<u8> {
         let mut out = Vec::new();
         blobs.serve(hash, start, &mut out).unwrap();
@@ -542,9 +549,7 @@ mod tests {
 
     #[test]
     fn a_transfer_cut_short_resumes_from_its_last_checkpoint() {
-        let (from_dir, to_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let from = Blobs::open(from_dir.path()).unwrap();
-        let to = Arc::new(Blobs::open(to_dir.path()).unwrap());
+        let (_dirs, from, to) = two_stores();
         let bytes = data(5 << 20);
         let (hash, size) = from.import(&bytes[..]).unwrap();
 
@@ -575,9 +580,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_group_ends_the_transfer_where_it_is() {
-        let (from_dir, to_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let from = Blobs::open(from_dir.path()).unwrap();
-        let to = Arc::new(Blobs::open(to_dir.path()).unwrap());
+        let (_dirs, from, to) = two_stores();
         let bytes = data(4 << 20);
         let (hash, size) = from.import(&bytes[..]).unwrap();
         let mut whole = encoded(&from, &hash, 0);
@@ -610,9 +613,7 @@ mod tests {
 
     #[test]
     fn an_empty_file_is_an_attachment_too() {
-        let (from_dir, to_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let from = Blobs::open(from_dir.path()).unwrap();
-        let to = Arc::new(Blobs::open(to_dir.path()).unwrap());
+        let (_dirs, from, to) = two_stores();
         let (hash, size) = from.import(&b""[..]).unwrap();
         let claim = to.claim(hash).unwrap();
         to.receive(&claim, size, 0, &b""[..], None).unwrap();

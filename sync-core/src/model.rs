@@ -1343,11 +1343,16 @@ pub fn check_text(field: &str, value: &str) -> Result<(), ModelError> {
 /// The most people an annotation is shared with by name.
 pub const MAX_SHARED_WITH: usize = 64;
 
-fn check_annotation_input(input: &NewAnnotation) -> Result<(), ModelError> {
-    if input.text.trim().is_empty() {
-        return Err(ModelError::Invalid("an annotation needs some text".into()));
+/// The text of an annotation or a reply (`what`): not blank, no control characters.
+fn check_note_text(what: &str, text: &str) -> Result<(), ModelError> {
+    if text.trim().is_empty() {
+        return Err(ModelError::Invalid(format!("{what} needs some text")));
     }
-    check_text("text", &input.text)?;
+    check_text("text", text)
+}
+
+fn check_annotation_input(input: &NewAnnotation) -> Result<(), ModelError> {
+    check_note_text("an annotation", &input.text)?;
     match input.visibility {
         Visibility::Shared if input.shared_with.is_empty() => Err(ModelError::Invalid(
             "visibility \"shared\" needs shared_with: the sign-in names of the people who \
@@ -1394,10 +1399,7 @@ pub fn check_boundary(text: &str, offset: usize) -> Result<(), ModelError> {
 /// Adds a reply to an annotation.
 pub fn add_reply(doc: &mut Automerge, author: &str, text: &str) -> Result<(), ModelError> {
     expect_kind(doc, Kind::Annotation)?;
-    if text.trim().is_empty() {
-        return Err(ModelError::Invalid("a reply needs some text".into()));
-    }
-    check_text("text", text)?;
+    check_note_text("a reply", text)?;
     let mut tx = doc.transaction();
     let list = list_or_new(&mut tx, "replies")?;
     let at = tx.length(&list);
@@ -1428,10 +1430,7 @@ pub fn set_resolved(doc: &mut Automerge, resolved: bool, by: &str) -> Result<(),
 /// Changes an annotation's text.
 pub fn set_annotation_text(doc: &mut Automerge, text: &str) -> Result<(), ModelError> {
     expect_kind(doc, Kind::Annotation)?;
-    if text.trim().is_empty() {
-        return Err(ModelError::Invalid("an annotation needs some text".into()));
-    }
-    check_text("text", text)?;
+    check_note_text("an annotation", text)?;
     let mut tx = doc.transaction();
     tx.put(ROOT, "text", text)?;
     commit(tx);

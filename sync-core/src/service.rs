@@ -286,13 +286,12 @@ pub fn status_json(store: &SharedStore, net: &Net) -> Result<Json, StoreError> {
 pub fn list_page(
     store: &Store,
     kind: Option<Kind>,
-    query: Option<&str>,
     after: Option<&DocId>,
     limit: usize,
     include_deleted: bool,
     filter: &ListFilter<'_>,
 ) -> Result<Json, StoreError> {
-    let docs = store.list_filtered(kind, query, after, limit, include_deleted, filter)?;
+    let docs = store.list_filtered(kind, after, limit, include_deleted, filter)?;
     let next = if docs.len() == limit {
         docs.last()
             .and_then(|d| d["id"].as_str())

@@ -422,7 +422,7 @@ impl World {
         let unit = self.sites[site].member.unit.as_str().to_string();
         let docs: Vec<DocId> = self.sites[site]
             .store
-            .list(Some(Kind::Document), None, None, 10_000, true)
+            .list(Some(Kind::Document), None, 10_000, true)
             .expect("list")
             .iter()
             .filter_map(|j| DocId::parse(j["id"].as_str()?).ok())

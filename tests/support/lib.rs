@@ -583,6 +583,19 @@ impl ThreeSites {
         self.a.start();
         self.b.start();
     }
+
+    /// Creates a document on A with `fields`, shared with B, and waits until B holds
+    /// it; returns the document as A answered.
+    pub fn shared_from_a(&self, fields: Value) -> Value {
+        let mut fields = fields;
+        fields["audience"] = serde_json::json!([UNIT_B]);
+        let created = self.a.post("/api/v1/documents", &fields);
+        let path = format!("/api/v1/documents/{}", created["id"].as_str().unwrap());
+        wait_for("B to receive the document", Duration::from_secs(30), || {
+            self.b.try_get(&path).ok().filter(|r| r.status == 200)
+        });
+        created
+    }
 }
 
 impl Default for ThreeSites {
