@@ -72,6 +72,11 @@ fn a_large_attachment_resumes_after_the_receiver_is_killed() {
         assert_eq!(r.status, status, "{query}: {}", r.body);
         assert!(r.body["error"].is_string(), "{}", r.body);
     }
+    let odd_type = sites
+        .a
+        .try_upload(&format!("{files}?name=x.pdf"), b"x", "../../etc")
+        .unwrap();
+    assert_eq!(odd_type.status, 400, "{}", odd_type.body);
     assert_eq!(
         sites.a.get(&files)["attachments"].as_array().unwrap().len(),
         1

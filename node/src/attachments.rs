@@ -140,7 +140,7 @@ pub async fn upload(
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or_default().trim().to_string())
         .unwrap_or_else(|| "application/octet-stream".into());
-    if media_type.is_empty() || media_type.len() > 127 || !media_type.contains('/') {
+    if media_type.len() > 127 || media_type.parse::<mime::Mime>().is_err() {
         return Err(ApiError::bad_request(
             "Content-Type must be the file's media type, such as application/pdf",
         ));
